@@ -1,0 +1,3 @@
+from covidlesionseg.cli import main
+
+raise SystemExit(main())

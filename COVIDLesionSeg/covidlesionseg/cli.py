@@ -1,0 +1,282 @@
+"""Command line: ``covidlesionseg <command>`` / ``python -m covidlesionseg <command>`` (contracts.md).
+
+Errors are one line on stderr with a non-zero exit, and nothing half-written is left in an output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from covidlesionseg import __version__, io, labels
+from covidlesionseg.engines.base import Cancelled
+
+EXIT_INPUT = 2
+EXIT_INTERNAL = 1
+
+
+class _Progress:
+    """A tqdm bar driven by engine-style (fraction, message) callbacks; silent when not a terminal.
+
+    With ``COVIDLESIONSEG_PROGRESS=lines`` it prints ``PROGRESS <fraction> <message>`` lines on stdout
+    instead, which the Slicer module reads from its subprocess.
+    """
+
+    def __init__(self, desc: str, quiet: bool = False):
+        from tqdm import tqdm
+
+        self.lines = os.environ.get("COVIDLESIONSEG_PROGRESS") == "lines"
+        self.bar = tqdm(total=100, desc=desc, file=sys.stderr, disable=True if (quiet or self.lines) else None,
+                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} {postfix}")
+        self.done = 0
+
+    def __call__(self, fraction: float, message: str = "") -> None:
+        if self.lines:
+            print(f"PROGRESS {fraction:.3f} {message}", flush=True)
+        target = int(round(100 * fraction))
+        if target > self.done:
+            self.bar.update(target - self.done)
+            self.done = target
+        if message:
+            self.bar.set_postfix_str(message[:40], refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _severity_config(args: argparse.Namespace):
+    from covidlesionseg.severity import SeverityConfig
+
+    return SeverityConfig(high_opacity_hu=args.high_opacity_hu, floor_ml=args.floor_ml)
+
+
+# --- commands ------------------------------------------------------------------------------
+def cmd_segment(args: argparse.Namespace) -> int:
+    from covidlesionseg.models import make_engine
+    from covidlesionseg.pipeline import run_segmentation, write_result
+    from covidlesionseg.report import lobe_table
+
+    ct = io.read_ct(args.input)
+    lobes = args.lobes
+    if lobes not in ("auto", "builtin", "none") and not Path(lobes).exists():
+        raise io.InputError(f"lobe file not found: {lobes}")
+    engine = make_engine(args.engine, device=args.device)
+    bar = _Progress("segment", args.quiet)
+    try:
+        result = run_segmentation(ct, engine, lobes=lobes, lobe_convention=args.lobe_convention,
+                                  config=_severity_config(args), progress=bar)
+    finally:
+        bar.close()
+    write_result(result, args.output)
+    if args.timings:
+        io.write_json(args.timings, result.timings)
+    if not args.quiet:
+        print(lobe_table(result.severity))
+        print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from covidlesionseg.pipeline import score_files
+    from covidlesionseg.report import lobe_table
+
+    doc = score_files(args.ct, args.lesions, lungs_path=args.lungs, lobes=args.lobes or "auto",
+                      lobe_convention=args.lobe_convention, config=_severity_config(args))
+    io.write_json(args.output, doc)
+    if not args.quiet:
+        print(lobe_table(doc))
+        print(f"wrote {args.output}")
+    return 0
+
+
+def phantom_severity(phantom, config=None) -> dict[str, Any]:
+    """severity.json of a phantom's exact truth (engine "truth", lobe_source "truth")."""
+    from covidlesionseg.pipeline import finish_labels, severity_document
+    from covidlesionseg.severity import SeverityConfig
+
+    _, _, _, core = finish_labels(phantom.ct, phantom.lesions > 0, phantom.lungs, phantom.lobes,
+                                  lobe_source="truth", config=config or SeverityConfig())
+    return severity_document(core, {"id": "truth", "sha256": None}, {"phantom": phantom.params})
+
+
+def _shape(values: Sequence[int] | None) -> tuple[int, int, int] | None:
+    return tuple(int(v) for v in values) if values else None  # type: ignore[return-value]
+
+
+def cmd_phantom(args: argparse.Namespace) -> int:
+    from covidlesionseg.phantom import generate_phantom, save_phantom
+
+    phantom = generate_phantom(args.seed, args.severity, shape=_shape(args.shape))
+    doc = phantom_severity(phantom)
+    with io.staged_output(args.output) as stage:
+        save_phantom(phantom, stage)
+        io.write_json(stage / labels.SEVERITY_FILE, doc)
+    if not args.quiet:
+        print(f"phantom seed {args.seed} {args.severity}: shape {list(phantom.ct.shape)} spacing "
+              f"{[round(s, 3) for s in phantom.ct.spacing]} PO {doc['PO']:.2f}% CT category {doc['CT_category']}")
+        print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from covidlesionseg.evaluate import evaluate_folders
+
+    label_values = [int(v) for v in args.label_map.split(",")] if args.label_map else None
+    bar = _Progress("evaluate", args.quiet)
+    try:
+        doc = evaluate_folders(args.images, args.labels, engine_id=args.engine, device=args.device,
+                               nsd_mm=args.nsd_mm, label_values=label_values, progress=bar)
+    finally:
+        bar.close()
+    io.write_json(args.output, doc)
+    if not args.quiet:
+        for case in doc["cases"]:
+            print(f"{case['id']}: Dice {case['dice']:.3f}  NSD@{args.nsd_mm:g}mm {case['nsd']:.3f}  "
+                  f"FP {case['fp_ml']:.1f} mL  FN {case['fn_ml']:.1f} mL")
+        print(f"mean Dice {doc['mean_dice']:.3f}  mean NSD {doc['mean_nsd']:.3f}  ({len(doc['cases'])} cases)")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from covidlesionseg import models
+
+    if args.set_default:
+        models.set_default(args.set_default)
+    entries = models.list_models()
+    if args.json:
+        print(json.dumps({"models": entries}, indent=2))
+    else:
+        for e in entries:
+            mark = "*" if e["default"] else " "
+            sha = (e.get("sha256") or "-")[:12]
+            print(f"{mark} {e['id']:<32} {e['architecture']:<24} sha256 {sha}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from covidlesionseg.demo import run_demo
+
+    summary = run_demo(args.output, seed=args.seed, severity=args.severity, shape=_shape(args.shape),
+                       engine_id=args.engine, quiet=args.quiet)
+    if not args.quiet:
+        print(summary)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from covidlesionseg import bench
+
+    runner: Callable[..., dict] = {"pipeline": bench.bench_pipeline, "live": bench.bench_live}[args.what]
+    result = runner(shape=_shape(args.shape), engine_id=args.engine)
+    print(json.dumps(result, indent=None if args.json else 2))
+    return 0
+
+
+# --- parser --------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="covidlesionseg", description="COVID-19 lesion segmentation and severity scores")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser, scores: bool = False) -> None:
+        sp.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+        if scores:
+            sp.add_argument("--high-opacity-hu", type=float, default=labels.HIGH_OPACITY_HU,
+                            help="HU threshold of high opacity (default %(default)s)")
+            sp.add_argument("--floor-ml", type=float, default=0.1,
+                            help="lesion volume at or below which a region scores as p = 0 (default %(default)s)")
+
+    s = sub.add_parser("segment", help="segment lungs, lesions and lobes; write label maps and severity.json")
+    s.add_argument("input", help=".nii/.nii.gz/.nrrd/.mha file or DICOM folder")
+    s.add_argument("-o", "--output", required=True, help="output folder")
+    s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    s.add_argument("--engine", default=None, help="classical or a model id (default: the registry default)")
+    s.add_argument("--lobes", default="auto", help="auto | builtin | none | FILE (default auto)")
+    s.add_argument("--lobe-convention", default=None, help="convention of --lobes FILE when detection is ambiguous")
+    s.add_argument("--timings", default=None, help=argparse.SUPPRESS)
+    common(s, scores=True)
+    s.set_defaults(func=cmd_segment)
+
+    s = sub.add_parser("score", help="recompute severity from (corrected) label maps")
+    s.add_argument("ct")
+    s.add_argument("lesions")
+    s.add_argument("--lungs", default=None)
+    s.add_argument("--lobes", default=None, help="lobe file (any convention in contracts.md), or none")
+    s.add_argument("--lobe-convention", default=None)
+    s.add_argument("-o", "--output", required=True, help="severity.json to write")
+    common(s, scores=True)
+    s.set_defaults(func=cmd_score)
+
+    s = sub.add_parser("phantom", help="generate a chest CT with exact truth")
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--severity", choices=labels.CT_CATEGORIES, default="CT2")
+    s.add_argument("--shape", type=int, nargs=3, metavar=("K", "J", "I"), help="matrix (slices rows columns)")
+    common(s)
+    s.set_defaults(func=cmd_phantom)
+
+    s = sub.add_parser("evaluate", help="segment a folder of images and compare with label maps")
+    s.add_argument("--images", required=True)
+    s.add_argument("--labels", required=True)
+    s.add_argument("-o", "--output", required=True, help="metrics.json to write")
+    s.add_argument("--nsd-mm", type=float, default=2.0)
+    s.add_argument("--label-map", default=None, help="comma-separated label values that count as lesion")
+    s.add_argument("--engine", default=None)
+    s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    common(s)
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("models", help="list engines and models; choose the default")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--set-default", default=None, metavar="ID")
+    s.set_defaults(func=cmd_models)
+
+    s = sub.add_parser("demo", help="the embedded default: generated CT, whole pipeline, report")
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--seed", type=int, default=7)
+    s.add_argument("--severity", choices=labels.CT_CATEGORIES, default="CT2")
+    s.add_argument("--shape", type=int, nargs=3, metavar=("K", "J", "I"), default=None)
+    s.add_argument("--engine", default="classical")
+    common(s)
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("bench", help="benchmarks that print figures")
+    s.add_argument("what", choices=("pipeline", "live"))
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--shape", type=int, nargs=3, metavar=("K", "J", "I"), default=None)
+    s.add_argument("--engine", default="classical")
+    s.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (io.InputError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"covidlesionseg: error: {msg}", file=sys.stderr)
+        return EXIT_INPUT
+    except Cancelled:
+        print("covidlesionseg: cancelled; nothing written", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("covidlesionseg: interrupted; nothing written", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the command line answers every failure in one line
+        if os.environ.get("COVIDLESIONSEG_DEBUG"):
+            raise
+        msg = (str(exc).strip().splitlines() or [""])[0]
+        print(f"covidlesionseg: internal error: {type(exc).__name__}: {msg}", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

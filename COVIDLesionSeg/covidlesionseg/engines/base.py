@@ -1,0 +1,74 @@
+"""The lesion-engine interface shared by every engine (classical and neural).
+
+An engine turns a CT (``io.Volume``, float32 HU) and a lung mask on the same grid into a boolean
+lesion mask on that grid.  Engines report progress through a callback and stop early when a
+cancel check returns True (the Slicer module's Cancel button, a subprocess signal, a test).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+from covidlesionseg.io import Volume
+
+ProgressCallback = Callable[[float, str], None]
+"""Called with (fraction done in [0, 1], short message)."""
+CancelCheck = Callable[[], bool]
+"""Returns True when the caller wants the work stopped."""
+
+
+class Cancelled(RuntimeError):
+    """Raised by an engine that was asked to stop; nothing is written."""
+
+
+@dataclass
+class RunControl:
+    """Progress reporting and cancellation for one run, safe to call with neither given."""
+
+    progress: Optional[ProgressCallback] = None
+    cancel: Optional[CancelCheck] = None
+
+    def report(self, fraction: float, message: str = "") -> None:
+        if self.progress is not None:
+            self.progress(float(min(max(fraction, 0.0), 1.0)), message)
+
+    def check(self) -> None:
+        """Raise ``Cancelled`` if cancellation was asked for."""
+        if self.cancel is not None and self.cancel():
+            raise Cancelled("cancelled by the user")
+
+
+class LesionEngine(ABC):
+    """One way of finding pulmonary infiltrates.
+
+    Attributes every engine sets: ``name`` (the id users pass to ``--engine``), ``version``,
+    ``weights_sha256`` (None for engines without weights) and ``device`` ("cpu" or "cuda").
+    """
+
+    name: str = ""
+    version: str = ""
+    weights_sha256: Optional[str] = None
+    device: str = "cpu"
+
+    @abstractmethod
+    def segment(
+        self,
+        ct: Volume,
+        lungs: np.ndarray,
+        progress: Optional[ProgressCallback] = None,
+        cancel: Optional[CancelCheck] = None,
+    ) -> np.ndarray:
+        """Return a boolean lesion mask on ``ct``'s grid.
+
+        ``lungs`` is the lung label map (0 background, 1 right, 2 left) on the same grid.
+        Lesions may extend slightly beyond it (dense consolidation at the pleura); the caller
+        then extends the lungs, never clips the lesions.
+        """
+
+    def describe(self) -> dict:
+        """What severity.json records about the engine."""
+        return {"id": self.name, "version": self.version, "sha256": self.weights_sha256, "device": self.device}

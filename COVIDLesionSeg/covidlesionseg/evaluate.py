@@ -1,0 +1,90 @@
+"""``evaluate``: segment every image of a folder and compare with its label map (Dice, NSD, fp/fn mL)."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from covidlesionseg import io
+from covidlesionseg.engines.base import ProgressCallback
+
+_SUFFIX = re.compile(r"\.(nii\.gz|nii|nrrd|nhdr|mha|mhd)$", re.IGNORECASE)
+
+
+def case_id(name: str, *, image: bool) -> str:
+    """Case id of a file name: ``X_0000.nii.gz`` (image) -> X, ``X_label.nii.gz`` (label) -> X, ``X.nii.gz`` -> X."""
+    stem = _SUFFIX.sub("", name)
+    suffix = "_0000" if image else "_label"
+    return stem[: -len(suffix)] if stem.endswith(suffix) else stem
+
+
+def _volume_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise io.InputError(f"not a folder: {folder}")
+    return sorted(p for p in folder.iterdir() if p.is_file() and _SUFFIX.search(p.name))
+
+
+def pair_cases(images: str | os.PathLike, labels: str | os.PathLike) -> list[tuple[str, Path, Path]]:
+    """(case id, image, label) for every image; refuses images without a label and duplicate ids."""
+    image_files = _volume_files(Path(images))
+    if not image_files:
+        raise io.InputError(f"no images (.nii.gz, .nii, .nrrd, .mha) in {images}")
+    label_by_id: dict[str, Path] = {}
+    for p in _volume_files(Path(labels)):
+        cid = case_id(p.name, image=False)
+        if cid in label_by_id:
+            raise io.InputError(f"two label files for case {cid}: {label_by_id[cid].name}, {p.name}")
+        label_by_id[cid] = p
+    pairs, seen = [], set()
+    for p in image_files:
+        cid = case_id(p.name, image=True)
+        if cid in seen:
+            raise io.InputError(f"two images for case {cid}")
+        seen.add(cid)
+        if cid not in label_by_id:
+            raise io.InputError(f"no label file for case {cid} ({p.name}) in {labels}")
+        pairs.append((cid, p, label_by_id[cid]))
+    return pairs
+
+
+def evaluate_folders(
+    images: str | os.PathLike,
+    labels: str | os.PathLike,
+    *,
+    engine_id: str | None = None,
+    device: str = "auto",
+    nsd_mm: float = 2.0,
+    label_values: Sequence[int] | None = None,
+    progress: ProgressCallback | None = None,
+) -> dict[str, Any]:
+    """Segment each image, compare lesions with truth; lesion = label > 0 unless ``label_values`` lists them."""
+    from covidlesionseg.metrics import case_metrics
+    from covidlesionseg.models import make_engine
+    from covidlesionseg.pipeline import run_segmentation
+
+    pairs = pair_cases(images, labels)
+    engine = make_engine(engine_id, device=device)
+    cases = []
+    for n, (cid, image_path, label_path) in enumerate(pairs):
+        ct = io.read_ct(image_path)
+        truth_map = io.read_label(label_path, ct).array
+        truth = np.isin(truth_map, list(label_values)) if label_values else truth_map > 0
+
+        def case_progress(fraction: float, message: str, n: int = n) -> None:
+            if progress is not None:
+                progress((n + fraction) / len(pairs), f"{cid} {message}")
+
+        result = run_segmentation(ct, engine, lobes="none", progress=case_progress)
+        metrics = case_metrics(result.lesions > 0, truth, ct, nsd_mm=nsd_mm)
+        cases.append({"id": cid, **{k: float(metrics[k]) for k in ("dice", "nsd", "fp_ml", "fn_ml")}})
+    return {
+        "engine": engine.describe(),
+        "nsd_mm": nsd_mm,
+        "cases": cases,
+        "mean_dice": float(np.mean([c["dice"] for c in cases])),
+        "mean_nsd": float(np.mean([c["nsd"] for c in cases])),
+    }

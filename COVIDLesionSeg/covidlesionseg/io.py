@@ -1,0 +1,319 @@
+"""Reading CT and label maps with their geometry, checking CT, writing outputs atomically.
+
+Geometry follows ITK/DICOM conventions: physical coordinates are LPS (x toward the patient's left,
+y toward posterior, z toward superior).  Arrays are in SimpleITK's numpy order ``(k, j, i)``;
+``spacing``/``origin`` are in index order ``(i, j, k)``; ``direction[:, n]`` is the LPS direction
+of index axis ``n``.  Patient left/right always comes from the direction cosines, never from
+array order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import SimpleITK as sitk
+
+GEOMETRY_TOL_MM = 1e-4
+DIRECTION_TOL = 1e-6
+CT_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+# Rows of the LPS frame: 0 = toward patient left, 1 = toward posterior, 2 = toward superior.
+_PATIENT_ROWS = {"LR": 0, "AP": 1, "SI": 2}
+
+
+class InputError(ValueError):
+    """Bad input: the message is one line, fit to show a user as it is."""
+
+
+@dataclass
+class Volume:
+    """A 3D image with its geometry.  ``array`` is numpy order (k, j, i)."""
+
+    array: np.ndarray
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    direction: np.ndarray = field(default_factory=lambda: np.eye(3))
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.spacing = tuple(float(s) for s in self.spacing)  # type: ignore[assignment]
+        self.origin = tuple(float(o) for o in self.origin)  # type: ignore[assignment]
+        self.direction = np.asarray(self.direction, dtype=float).reshape(3, 3)
+        if self.array.ndim != 3:
+            raise InputError(f"expected a 3D volume, got {self.array.ndim} dimensions")
+
+    # --- conversions ---------------------------------------------------------------
+    @classmethod
+    def from_sitk(cls, image: sitk.Image, meta: dict[str, Any] | None = None) -> "Volume":
+        if image.GetDimension() == 2:
+            image = sitk.JoinSeries(image)
+        return cls(
+            array=sitk.GetArrayFromImage(image),
+            spacing=image.GetSpacing(),
+            origin=image.GetOrigin(),
+            direction=np.array(image.GetDirection()).reshape(3, 3),
+            meta=dict(meta or {}),
+        )
+
+    def to_sitk(self, array: np.ndarray | None = None) -> sitk.Image:
+        """SimpleITK image of ``array`` (default: this volume's) with this volume's geometry."""
+        data = self.array if array is None else array
+        if data.shape != self.array.shape:
+            raise ValueError(f"array shape {data.shape} differs from volume shape {self.array.shape}")
+        if data.dtype == bool:
+            data = data.astype(np.uint8)
+        image = sitk.GetImageFromArray(np.ascontiguousarray(data))
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(tuple(self.direction.ravel()))
+        return image
+
+    def like(self, array: np.ndarray) -> "Volume":
+        """A volume with this geometry and another array of the same shape."""
+        if array.shape != self.array.shape:
+            raise ValueError(f"array shape {array.shape} differs from volume shape {self.array.shape}")
+        return Volume(array, self.spacing, self.origin, self.direction.copy(), dict(self.meta))
+
+    # --- geometry --------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.array.shape)  # type: ignore[return-value]
+
+    @property
+    def spacing_zyx(self) -> tuple[float, float, float]:
+        """Spacing in numpy axis order (k, j, i), for scipy.ndimage ``sampling`` arguments."""
+        return (self.spacing[2], self.spacing[1], self.spacing[0])
+
+    @property
+    def voxel_ml(self) -> float:
+        """Volume of one voxel in millilitres."""
+        return float(np.prod(self.spacing)) / 1000.0
+
+    def patient_axis(self, which: str) -> tuple[int, int]:
+        """Numpy axis closest to a patient axis ("LR", "AP", "SI") and its sign.
+
+        The sign is +1 when a growing index moves toward the patient's left, posterior or
+        superior respectively, -1 otherwise.
+        """
+        row = self.direction[_PATIENT_ROWS[which]]
+        index_axis = int(np.argmax(np.abs(row)))
+        return 2 - index_axis, (1 if row[index_axis] > 0 else -1)
+
+    def lps_points(self, zyx_indices: np.ndarray) -> np.ndarray:
+        """Physical LPS coordinates (N, 3) of voxel indices given in numpy order (N, 3)."""
+        idx = np.asarray(zyx_indices, dtype=float).reshape(-1, 3)[:, ::-1]
+        return np.asarray(self.origin) + (idx * np.asarray(self.spacing)) @ self.direction.T
+
+    def same_geometry(self, other: "Volume") -> bool:
+        return (
+            self.shape == other.shape
+            and np.allclose(self.spacing, other.spacing, atol=GEOMETRY_TOL_MM)
+            and np.allclose(self.origin, other.origin, atol=GEOMETRY_TOL_MM)
+            and np.allclose(self.direction, other.direction, atol=DIRECTION_TOL)
+        )
+
+
+# --- reading ---------------------------------------------------------------------------
+def _is_dicom_file(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _read_dicom_folder(folder: Path) -> tuple[sitk.Image, dict[str, Any]]:
+    reader = sitk.ImageSeriesReader()
+    series = reader.GetGDCMSeriesIDs(str(folder))
+    if not series:
+        raise InputError(f"no DICOM series found in {folder}")
+    # The largest series wins; GDCM sorts each series' files by image position along the normal.
+    files = max((reader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series), key=len)
+    reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()
+    try:
+        image = reader.Execute()  # applies rescale slope/intercept
+    except RuntimeError as exc:
+        raise InputError(f"cannot read DICOM series in {folder}: {str(exc).strip().splitlines()[-1]}") from None
+
+    def tag(key: str) -> str:
+        return reader.GetMetaData(0, key).strip() if reader.HasMetaDataKey(0, key) else ""
+
+    meta = {
+        "format": "dicom",
+        "modality": tag("0008|0060"),
+        "series_count": len(series),
+        "files": len(files),
+        "patient_name": tag("0010|0010"),
+        "patient_id": tag("0010|0020"),
+        "study_uid": tag("0020|000d"),
+        "series_uid": tag("0020|000e"),
+    }
+    return image, meta
+
+
+def read_image(path: str | os.PathLike) -> tuple[sitk.Image, dict[str, Any]]:
+    """Read any supported image (NIfTI, NRRD, MHA, a DICOM file or series folder) as SimpleITK."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"input not found: {p}")
+    if p.is_dir():
+        return _read_dicom_folder(p)
+    name = p.name.lower()
+    if _is_dicom_file(p) or name.endswith(".dcm"):
+        return _read_single_dicom(p)
+    if not name.endswith(CT_SUFFIXES):
+        raise InputError(f"unsupported file type: {p.name} (use .nii, .nii.gz, .nrrd, .mha or a DICOM folder)")
+    try:
+        image = sitk.ReadImage(str(p))
+    except RuntimeError as exc:
+        raise InputError(f"cannot read {p.name}: {str(exc).strip().splitlines()[-1]}") from None
+    meta: dict[str, Any] = {"format": name.split(".", 1)[1] if "." in name else "", "modality": ""}
+    for key in ("modality", "Modality"):
+        if image.HasMetaDataKey(key):  # MetaImage writes MET_MOD_CT / MET_MOD_MR / MET_MOD_UNKNOWN
+            value = image.GetMetaData(key).strip().upper().removeprefix("MET_MOD_")
+            meta["modality"] = "" if value in ("UNKNOWN", "OT") else value
+    return image, meta
+
+
+def _read_single_dicom(path: Path) -> tuple[sitk.Image, dict[str, Any]]:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(f"cannot read {path.name}: {str(exc).strip().splitlines()[-1]}") from None
+
+    def tag(key: str) -> str:
+        return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else ""
+
+    return image, {"format": "dicom", "modality": tag("0008|0060"), "files": 1,
+                   "patient_name": tag("0010|0010"), "patient_id": tag("0010|0020")}
+
+
+def check_ct(image: sitk.Image, meta: dict[str, Any], name: str = "input") -> sitk.Image:
+    """Refuse what is not a CT in HU; return a 3D float32 image."""
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{name}: has {image.GetNumberOfComponentsPerPixel()} components per voxel (RGB or vector image), not a CT")
+    dim = image.GetDimension()
+    if dim == 4:
+        raise InputError(f"{name}: is a 4D image; give one 3D CT")
+    if dim not in (2, 3):
+        raise InputError(f"{name}: has {dim} dimensions; expected a 3D CT")
+    if image.GetNumberOfPixels() == 0:
+        raise InputError(f"{name}: is empty")
+    modality = str(meta.get("modality", "")).upper()
+    if modality and modality not in ("CT",):
+        raise InputError(f"{name}: modality is {modality}, not CT")
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    if dim == 2:
+        image = sitk.JoinSeries(image)
+    arr = sitk.GetArrayViewFromImage(image)
+    if not np.isfinite(arr).all():
+        raise InputError(f"{name}: contains NaN or infinite values")
+    lo, hi = float(arr.min()), float(arr.max())
+    if hi - lo < 100:
+        raise InputError(f"{name}: values span only {lo:.0f}..{hi:.0f}; not a CT in HU")
+    if lo >= -100 and hi > 1000:
+        raise InputError(f"{name}: values {lo:.0f}..{hi:.0f} look like raw stored values (no HU rescale intercept applied)")
+    if hi < -200 or lo > 0 or hi > 40000 or lo < -33000:
+        raise InputError(f"{name}: values {lo:.0f}..{hi:.0f} are not Hounsfield units")
+    # Lung-like air: some voxels between -1024 and -500 HU (padding below -1024 does not count).
+    air = float(np.count_nonzero((arr >= -1100) & (arr <= -500))) / arr.size
+    if air < 0.005:
+        raise InputError(f"{name}: only {100 * air:.2f}% of voxels are air or lung (-1024..-500 HU); not a chest CT in HU")
+    return image
+
+
+def read_ct(path: str | os.PathLike) -> Volume:
+    """Read and check a CT (file or DICOM folder); the array is float32 HU in numpy order."""
+    image, meta = read_image(path)
+    image = check_ct(image, meta, Path(path).name)
+    meta["source"] = str(path)
+    return Volume.from_sitk(image, meta)
+
+
+def read_label(path: str | os.PathLike, reference: Volume | None = None, *, resample: bool = False) -> Volume:
+    """Read an integer label map; with a reference, check (or, with ``resample``, put it on) its grid."""
+    image, _meta = read_image(path)
+    if image.GetNumberOfComponentsPerPixel() != 1 or image.GetDimension() not in (2, 3):
+        raise InputError(f"{Path(path).name}: not a 3D label map")
+    arr_view = sitk.GetArrayViewFromImage(image)
+    if not np.issubdtype(arr_view.dtype, np.integer):
+        if not np.isfinite(arr_view).all() or not np.all(np.mod(arr_view, 1) == 0):
+            raise InputError(f"{Path(path).name}: label map has non-integer values")
+        image = sitk.Cast(image, sitk.sitkInt32)
+    vol = Volume.from_sitk(image, {"source": str(path)})
+    if reference is None:
+        return vol
+    if vol.same_geometry(reference):
+        return reference.like(vol.array)
+    if not resample:
+        raise InputError(
+            f"{Path(path).name}: grid {vol.shape} / spacing {np.round(vol.spacing, 4).tolist()} does not match the CT "
+            f"{reference.shape} / {np.round(reference.spacing, 4).tolist()}"
+        )
+    out = sitk.Resample(vol.to_sitk(), reference.to_sitk(np.zeros(reference.shape, np.uint8)),
+                        sitk.Transform(), sitk.sitkNearestNeighbor, 0, vol.to_sitk().GetPixelID())
+    return reference.like(sitk.GetArrayFromImage(out))
+
+
+# --- writing -----------------------------------------------------------------------------
+def write_volume(path: str | os.PathLike, volume: Volume, array: np.ndarray | None = None) -> None:
+    """Write ``array`` (default the volume's) on ``volume``'s grid; compressed by file name."""
+    data = volume.array if array is None else array
+    sitk.WriteImage(volume.to_sitk(data), str(path), useCompression=True)
+
+
+def write_label(path: str | os.PathLike, reference: Volume, labels: np.ndarray) -> None:
+    """Write a label map (uint8) on the reference grid."""
+    write_volume(path, reference, np.asarray(labels).astype(np.uint8))
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Write JSON atomically (temporary file + rename)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2, sort_keys=False)
+            fh.write("\n")
+        os.replace(tmp, p)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def staged_output(outdir: str | os.PathLike) -> Iterator[Path]:
+    """Yield a staging folder; on success move its files into ``outdir``, on error leave ``outdir`` untouched.
+
+    Files are written first to a hidden sibling folder, so a failure half-way writes nothing
+    into ``outdir``.  Each file then replaces its namesake atomically.
+    """
+    out = Path(outdir)
+    parent = out.parent if str(out.parent) else Path(".")
+    parent.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output {out} exists and is not a folder")
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=parent))
+    try:
+        yield stage
+        out.mkdir(parents=True, exist_ok=True)
+        for item in sorted(stage.rglob("*")):
+            if item.is_file():
+                target = out / item.relative_to(stage)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(item, target)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)

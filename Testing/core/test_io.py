@@ -1,0 +1,180 @@
+"""Reading, checking and writing CT and label maps with exact geometry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from covidlesionseg import io
+
+OBLIQUE = np.array([[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]) @ np.array(
+    [[1, 0, 0], [0, np.cos(0.1), -np.sin(0.1)], [0, np.sin(0.1), np.cos(0.1)]]
+)
+
+
+def chest_like(shape=(8, 40, 48), seed=0) -> np.ndarray:
+    """Soft tissue body with two air-filled 'lungs' and air outside: passes the CT checks."""
+    rng = np.random.default_rng(seed)
+    k, j, i = np.indices(shape)
+    ct = np.full(shape, -1000.0, np.float32)
+    body = ((j - shape[1] / 2) / (shape[1] * 0.45)) ** 2 + ((i - shape[2] / 2) / (shape[2] * 0.45)) ** 2 < 1
+    ct[body] = 40
+    for c in (0.3, 0.7):
+        lung = ((j - shape[1] / 2) / (shape[1] * 0.3)) ** 2 + ((i - shape[2] * c) / (shape[2] * 0.15)) ** 2 < 1
+        ct[lung] = -850
+    return ct + rng.normal(0, 5, shape).astype(np.float32)
+
+
+def make_volume(shape=(8, 40, 48), direction=np.eye(3)) -> io.Volume:
+    return io.Volume(chest_like(shape), (0.8, 0.9, 2.5), (-20.0, 10.0, 300.0), direction)
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mha"])
+@pytest.mark.parametrize("direction", [np.eye(3), np.diag([-1.0, -1.0, 1.0]), OBLIQUE])
+def test_ct_round_trip_keeps_values_and_geometry(tmp_path, suffix, direction):
+    vol = make_volume(direction=direction)
+    path = tmp_path / f"ct{suffix}"
+    io.write_volume(path, vol)
+    back = io.read_ct(path)
+    assert back.same_geometry(vol)
+    np.testing.assert_allclose(back.array, vol.array, atol=1e-3)
+    assert back.array.dtype == np.float32
+
+
+def test_label_round_trip_on_reference_grid(tmp_path):
+    vol = make_volume(direction=OBLIQUE)
+    labels_in = (np.arange(vol.array.size) % 3).reshape(vol.shape).astype(np.uint8)
+    io.write_label(tmp_path / "l.nii.gz", vol, labels_in)
+    back = io.read_label(tmp_path / "l.nii.gz", vol)
+    assert back.same_geometry(vol)
+    assert np.array_equal(back.array, labels_in)
+
+
+def test_label_on_other_grid_refused_or_resampled(tmp_path):
+    vol = make_volume()
+    other = io.Volume(np.zeros((4, 20, 24), np.uint8), (1.6, 1.8, 5.0), vol.origin, vol.direction)
+    other.array[:, 5:15, 6:18] = 3
+    io.write_label(tmp_path / "o.nrrd", other, other.array)
+    with pytest.raises(io.InputError, match="does not match the CT"):
+        io.read_label(tmp_path / "o.nrrd", vol)
+    res = io.read_label(tmp_path / "o.nrrd", vol, resample=True)
+    assert res.shape == vol.shape and set(np.unique(res.array)) == {0, 3}
+
+
+def test_patient_axes_come_from_direction_cosines():
+    assert make_volume(direction=np.eye(3)).patient_axis("LR") == (2, 1)
+    assert make_volume(direction=np.diag([-1.0, -1.0, 1.0])).patient_axis("LR") == (2, -1)
+    permuted = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # index k runs toward the left
+    assert make_volume(direction=permuted).patient_axis("LR") == (0, 1)
+    assert make_volume(direction=permuted).patient_axis("SI") == (1, 1)
+
+
+def test_lps_points_match_simpleitk():
+    vol = make_volume(direction=OBLIQUE)
+    image = vol.to_sitk()
+    idx = np.array([[0, 0, 0], [3, 7, 11], [7, 39, 47]])
+    expected = [image.TransformIndexToPhysicalPoint([int(i), int(j), int(k)]) for k, j, i in idx]
+    np.testing.assert_allclose(vol.lps_points(idx), expected, atol=1e-9)
+
+
+def test_one_slice_and_2d_images_are_accepted(tmp_path):
+    one = io.Volume(chest_like((1, 40, 48)), (0.7, 0.7, 5.0))
+    io.write_volume(tmp_path / "one.nrrd", one)
+    assert io.read_ct(tmp_path / "one.nrrd").shape == (1, 40, 48)
+    flat = sitk.GetImageFromArray(chest_like((1, 40, 48))[0])
+    sitk.WriteImage(flat, str(tmp_path / "flat.nrrd"))
+    assert io.read_ct(tmp_path / "flat.nrrd").shape == (1, 40, 48)
+
+
+def _write(tmp_path, name, image):
+    sitk.WriteImage(image, str(tmp_path / name))
+    return tmp_path / name
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: sitk.GetImageFromArray(np.zeros((4, 8, 8, 3), np.uint8), isVector=True), "components per voxel"),
+        (lambda: sitk.GetImageFromArray(np.zeros((2, 4, 8, 8), np.int16), isVector=False), "4D"),
+        (lambda: sitk.GetImageFromArray(np.where(np.eye(8)[None] > 0, np.nan, -800.0).repeat(3, 0)), "NaN"),
+        (lambda: sitk.GetImageFromArray(np.full((3, 8, 8), 40, np.int16)), "not a CT"),
+        (lambda: sitk.GetImageFromArray(chest_like() + 1024.0), "raw stored values"),
+        (lambda: sitk.GetImageFromArray(np.clip(chest_like(), -400, None)), "air or lung"),
+    ],
+)
+def test_bad_ct_refused_with_one_line(tmp_path, make, message):
+    path = _write(tmp_path, "bad.nrrd", make())
+    with pytest.raises(io.InputError, match=message) as err:
+        io.read_ct(path)
+    assert "\n" not in str(err.value)
+
+
+def test_non_ct_modality_refused():
+    image = sitk.GetImageFromArray(chest_like())
+    with pytest.raises(io.InputError, match="modality is MR"):
+        io.check_ct(image, {"modality": "MR"})
+
+
+def test_missing_and_unknown_inputs(tmp_path):
+    with pytest.raises(io.InputError, match="not found"):
+        io.read_ct(tmp_path / "absent.nii.gz")
+    (tmp_path / "x.txt").write_text("hello")
+    with pytest.raises(io.InputError, match="unsupported file type"):
+        io.read_ct(tmp_path / "x.txt")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(io.InputError, match="no DICOM series"):
+        io.read_ct(tmp_path / "empty")
+
+
+def test_dicom_series_sorted_by_position_and_rescaled(tmp_path):
+    """A series written with shuffled file names and a rescale intercept loads in position order, in HU."""
+    vol = make_volume(shape=(6, 32, 40))
+    stored = np.round(vol.array).astype(np.int16)
+    image = vol.to_sitk(stored)
+    folder = tmp_path / "series"
+    folder.mkdir()
+    order = [3, 0, 5, 1, 4, 2]
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    series_uid = "1.2.826.0.1.3680043.8.498.1"
+    for rank, k in enumerate(order):
+        sl = image[:, :, k]
+        origin = image.TransformIndexToPhysicalPoint((0, 0, k))
+        for tag, value in {
+            "0008|0060": "CT", "0020|000e": series_uid, "0020|000d": "1.2.826.0.1.3680043.8.498.2",
+            "0020|0032": "\\".join(f"{v:.6f}" for v in origin), "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0018|0050": f"{vol.spacing[2]:.4f}", "0028|1052": "0", "0028|1053": "1", "0020|0013": str(rank + 1),
+        }.items():
+            sl.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"IMG{rank:04d}.dcm"))
+        writer.Execute(sl)
+    back = io.read_ct(folder)
+    assert back.meta["modality"] == "CT"
+    np.testing.assert_allclose(back.array, stored, atol=0.5)
+    np.testing.assert_allclose(back.origin, vol.origin, atol=1e-3)
+    np.testing.assert_allclose(back.spacing, vol.spacing, atol=1e-3)
+
+
+def test_staged_output_writes_all_or_nothing(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError):
+        with io.staged_output(out) as stage:
+            (stage / "a.txt").write_text("partial")
+            raise RuntimeError("boom")
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+    with io.staged_output(out) as stage:
+        (stage / "a.txt").write_text("whole")
+        (stage / "sub").mkdir()
+        (stage / "sub" / "b.txt").write_text("b")
+    assert (out / "a.txt").read_text() == "whole" and (out / "sub" / "b.txt").read_text() == "b"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_write_json_is_atomic(tmp_path):
+    io.write_json(tmp_path / "s.json", {"a": 1})
+    with pytest.raises(TypeError):
+        io.write_json(tmp_path / "s.json", {"a": object()})
+    assert (tmp_path / "s.json").read_text().strip() == '{\n  "a": 1\n}'
+    assert [p.name for p in tmp_path.iterdir()] == ["s.json"]
