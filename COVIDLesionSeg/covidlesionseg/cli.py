@@ -56,14 +56,14 @@ def _severity_config(args: argparse.Namespace):
 
 # --- commands ------------------------------------------------------------------------------
 def cmd_segment(args: argparse.Namespace) -> int:
+    from covidlesionseg.lobes import check_lobe_spec
     from covidlesionseg.models import make_engine
     from covidlesionseg.pipeline import run_segmentation, write_result
     from covidlesionseg.report import lobe_table
 
     ct = io.read_ct(args.input)
     lobes = args.lobes
-    if lobes not in ("auto", "builtin", "none") and not Path(lobes).exists():
-        raise io.InputError(f"lobe file not found: {lobes}")
+    check_lobe_spec(lobes)
     engine = make_engine(args.engine, device=args.device)
     bar = _Progress("segment", args.quiet)
     try:

@@ -41,15 +41,21 @@ def count_parameters(net: nn.Module, trainable_only: bool = False) -> int:
 
 
 def _pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """Zero-pad the spatial dimensions of ``x`` (N, C, D, H, W) at the far end up to a multiple."""
-    spatial = x.shape[2:]
+    """Zero-pad the spatial dimensions of ``x`` (N, C, D, H, W) at the far end up to a multiple.
+
+    When every dimension would shrink to one voxel at the bottom of the U-Net, the last one gets
+    one more ``multiple``: instance norm needs more than one voxel.
+    """
+    spatial = tuple(x.shape[2:])
     extra = [(-s) % multiple for s in spatial]
+    if all((s + e) // multiple == 1 for s, e in zip(spatial, extra)):
+        extra[-1] += multiple
     if not any(extra):
-        return x, tuple(spatial)
+        return x, spatial
     pad: list[int] = []
     for e in reversed(extra):  # F.pad wants the last dimension first
         pad.extend([0, e])
-    return F.pad(x, pad), tuple(spatial)
+    return F.pad(x, pad), spatial
 
 
 def _crop(x: torch.Tensor, spatial: Sequence[int]) -> torch.Tensor:

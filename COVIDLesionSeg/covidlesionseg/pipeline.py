@@ -81,12 +81,10 @@ def finish_labels(
     """
     lesion_mask = np.asarray(lesion_mask) > 0
     lungs, added_ml = include_lesions(lungs, lesion_mask, ct)
-    if isinstance(lobes_spec, np.ndarray):
-        lobes, source = lobes_spec.astype(np.uint8), (lobe_source or "truth")
-    else:
+    if isinstance(lobes_spec, np.ndarray):  # already in our convention; the lungs may have grown
+        lobes, source = complete_lobes(lobes_spec.astype(np.uint8), lungs, ct), (lobe_source or "truth")
+    else:  # providers return completed lobes
         lobes, source = resolve_lobe_source(str(lobes_spec), ct, lungs, convention=lobe_convention)
-    if lobes is not None:
-        lobes = complete_lobes(lobes, lungs, ct)
     lesion_labels = split_opacity(lesion_mask, ct.array, config)
     core = compute_severity(ct, lesion_labels, lungs, lobes, config=config, lobe_source=source)
     core["lesions_outside_lungs_ml"] = round(float(added_ml), 3)

@@ -19,8 +19,9 @@ edits lesions) share `severity_from_counts`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -228,9 +229,10 @@ class RegionCounts:
     has_lobes: bool = False
 
     @classmethod
-    def empty(cls, voxel_ml: float, fov_reason: str = "", has_lobes: bool = False) -> "RegionCounts":
-        zeros = lambda: np.zeros((_N_LUNG, _N_LOBE), np.int64)  # noqa: E731
-        return cls(zeros(), zeros(), zeros(), voxel_ml, fov_reason, has_lobes)
+    def empty(cls, voxel_ml: float, fov_reason: str = "", has_lobes: bool = False) -> RegionCounts:
+        shape = (_N_LUNG, _N_LOBE)
+        return cls(np.zeros(shape, np.int64), np.zeros(shape, np.int64), np.zeros(shape, np.int64),
+                   voxel_ml, fov_reason, has_lobes)
 
     def add(self, codes: np.ndarray, high: np.ndarray, sign: int = 1) -> None:
         """Add (sign +1) or remove (-1) lesion voxels with these region codes and high-opacity flags."""

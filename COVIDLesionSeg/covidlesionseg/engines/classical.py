@@ -56,6 +56,8 @@ class ClassicalParams:
     """Gaussian scale of the neighbourhood whose weighted median HU decides a voxel."""
     regional_fraction: float = 0.5
     """Fraction of dense (weighted) voxels a neighbourhood needs; 0.5 is the weighted median."""
+    edge_grow_mm: float = 3.0
+    """Dense voxels this close to a lesion region join it (restores the edge that the regional test rounds off)."""
     vessel_radius_mm: float = 3.0
     """Radius of the ball of the grey-level opening: bright structures thinner than twice this are vessel-like."""
     vessel_contrast_hu: float = 100.0
@@ -84,7 +86,7 @@ class ClassicalParams:
         for name in ("regional_sigma_mm", "working_mm"):
             if not getattr(self, name) > 0:
                 raise InputError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("vessel_radius_mm", "pleural_band_mm", "border_fill_mm", "min_component_ml", "min_core_ml"):
+        for name in ("edge_grow_mm", "vessel_radius_mm", "pleural_band_mm", "border_fill_mm", "min_component_ml", "min_core_ml"):
             if getattr(self, name) < 0:
                 raise InputError(f"{name} must not be negative, got {getattr(self, name)}")
 
@@ -256,6 +258,13 @@ class ClassicalEngine(LesionEngine):
 
         run.report(0.6, "classical: lesion regions")
         regional = _upsample(fraction, factors, shape) > p.regional_fraction
+        del fraction
+        if p.edge_grow_mm > 0 and regional.any():
+            # A convex region's weighted median recedes from its edge by about sigma^2 / radius; dense voxels within
+            # edge_grow_mm of the region take it back.
+            radius = _radius_voxels(p.edge_grow_mm, spacing, shape)
+            grown = sitk.BinaryDilate(sitk.GetImageFromArray(regional.view(np.uint8)), radius, sitk.sitkBall)
+            regional |= sitk.GetArrayViewFromImage(grown).astype(bool) & (hu > p.lower_hu) & (hu <= p.upper_hu)
         in_lung = regional & lung
         run.check()
 

@@ -1,0 +1,98 @@
+"""Benchmarks that print figures (``covidlesionseg bench pipeline|live``); tests never time anything."""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from covidlesionseg import labels
+
+FULL_SHAPE = (300, 512, 512)
+
+
+def bench_pipeline(shape: tuple[int, int, int] | None = None, engine_id: str | None = "classical",
+                   seed: int = 11) -> dict[str, Any]:
+    """``segment`` on a generated CT (default 512x512x300) in a child process: seconds, peak RSS, stages."""
+    from covidlesionseg.phantom import generate_phantom, save_phantom
+
+    shape = shape or FULL_SHAPE
+    with tempfile.TemporaryDirectory(prefix="covidlesionseg-bench-") as tmp:
+        phantom = generate_phantom(seed, "CT2", shape=shape)
+        save_phantom(phantom, Path(tmp) / "case")
+        del phantom
+        timings = Path(tmp) / "timings.json"
+        cmd = [sys.executable, "-m", "covidlesionseg", "segment", str(Path(tmp) / "case" / labels.CT_FILE),
+               "-o", str(Path(tmp) / "out"), "--quiet", "--timings", str(timings)]
+        if engine_id:
+            cmd += ["--engine", engine_id]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True)
+        seconds = time.perf_counter() - start
+        peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        stages = json.loads(timings.read_text())
+    return {
+        "shape": list(shape),
+        "engine": engine_id,
+        "seconds": round(seconds, 2),
+        "peak_rss_mb": round(max(peak_kb, before) / 1024, 1),
+        "stages": {k: round(v, 2) for k, v in stages.items()},
+        "note": "seconds include reading the CT and writing outputs; peak RSS of the segment process",
+    }
+
+
+def _ball(radius_vox: np.ndarray) -> np.ndarray:
+    r = np.ceil(radius_vox).astype(int)
+    zz, yy, xx = np.ogrid[-r[0]:r[0] + 1, -r[1]:r[1] + 1, -r[2]:r[2] + 1]
+    return (zz / radius_vox[0]) ** 2 + (yy / radius_vox[1]) ** 2 + (xx / radius_vox[2]) ** 2 <= 1.0
+
+
+def bench_live(shape: tuple[int, int, int] | None = None, engine_id: str | None = None, seed: int = 5,
+               strokes: int = 60, stroke_radius_mm: float = 5.0) -> dict[str, Any]:
+    """Time from one brush-stroke edit to updated scores (incremental counts) vs one full numpy pass."""
+    from covidlesionseg.phantom import generate_phantom
+    from covidlesionseg.severity import SeverityCounter, compute_severity
+
+    shape = shape or FULL_SHAPE
+    phantom = generate_phantom(seed, "CT2", shape=shape)
+    ct, lungs, lobes = phantom.ct, phantom.lungs, phantom.lobes
+    lesions = phantom.lesions.copy()
+    counter = SeverityCounter(ct, lesions, lungs, lobes, lobe_source="truth")
+    ball = _ball(stroke_radius_mm / np.asarray(ct.spacing_zyx))
+    rng = np.random.default_rng(seed)
+    lung_idx = np.flatnonzero(lungs)
+    times = []
+    for n in range(strokes):
+        centre = np.array(np.unravel_index(rng.choice(lung_idx), shape))
+        lo = np.maximum(centre - np.array(ball.shape) // 2, 0)
+        hi = np.minimum(lo + np.array(ball.shape), shape)
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        stamp = ball[tuple(slice(0, b - a) for a, b in zip(lo, hi))]
+        t0 = time.perf_counter()
+        old = lesions[box] > 0
+        new = old | stamp if n % 2 == 0 else old & ~stamp  # paint, then erase
+        counter.update(box, old, new)
+        result = counter.severity()
+        times.append((time.perf_counter() - t0) * 1000)
+        lesions[box] = np.where(new, np.where(lesions[box] > 0, lesions[box], labels.LESION_LOW), 0)
+    t0 = time.perf_counter()
+    full = compute_severity(ct, lesions, lungs, lobes, lobe_source="truth")
+    full_ms = (time.perf_counter() - t0) * 1000
+    assert abs(full["PO"] - result["PO"]) < 1e-6, "incremental and full scores disagree"
+    return {
+        "shape": list(shape),
+        "lesion_percent": round(full["PO"], 2),
+        "stroke_voxels": int(ball.sum()),
+        "median_ms": round(statistics.median(times), 3),
+        "full_pass_ms": round(full_ms, 1),
+        "strokes": strokes,
+    }

@@ -1,0 +1,104 @@
+"""The neural lesion engine: a registered 3D U-Net (Bressem et al. 2021 or the compact variant).
+
+Weights come from the model registry (``models.fetch_weights``) and are checked against their
+sha256 before they are read (``models.load_state_dict``, ``weights_only``).  Inference runs through
+``inference.predict_lesions``; the lesion is every non-background class.  Lesions may reach a few
+mm past the lung mask (dense consolidation at the pleura that a lung mask missed), but not further,
+so the network cannot paint the chest wall or mediastinum.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from covidlesionseg import models
+from covidlesionseg.engines.base import CancelCheck, LesionEngine, ProgressCallback, RunControl
+from covidlesionseg.inference import predict_lesions, resolve_device
+from covidlesionseg.io import InputError, Volume
+from covidlesionseg.networks import build_network
+
+LUNG_MARGIN_MM = 3.0
+"""How far past the lung mask a lesion may reach."""
+
+
+def keep_near_lungs(lesions: np.ndarray, lungs: np.ndarray, spacing_zyx: Sequence[float],
+                    margin_mm: float = LUNG_MARGIN_MM) -> np.ndarray:
+    """``lesions`` without the voxels farther than ``margin_mm`` from ``lungs`` (both boolean, same grid).
+
+    The distance transform is computed only around the lesion voxels outside the lungs, which keeps
+    it cheap on full-size CT.
+    """
+    outside = lesions & ~lungs
+    if not outside.any():
+        return lesions
+    result = lesions.copy()
+    box = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        present = np.flatnonzero(outside.any(axis=other))
+        grow = math.ceil(margin_mm / spacing_zyx[axis]) + 1
+        box.append(slice(max(0, present[0] - grow), min(lesions.shape[axis], present[-1] + 1 + grow)))
+    region = tuple(box)
+    lung_part = lungs[region]
+    if lung_part.any():
+        near = ndimage.distance_transform_edt(~lung_part, sampling=spacing_zyx) <= margin_mm
+    else:
+        near = np.zeros(lung_part.shape, dtype=bool)
+    result[region] &= near
+    return result
+
+
+class UNetEngine(LesionEngine):
+    """A registered network as a lesion engine; weights are verified and loaded when it is built."""
+
+    def __init__(self, entry: dict[str, Any], device: str = "auto", *,
+                 lung_margin_mm: float = LUNG_MARGIN_MM, progress: ProgressCallback | None = None) -> None:
+        self.entry = dict(entry)
+        self.name = str(entry["id"])
+        self.version = str(entry.get("version") or "1")
+        sha = entry.get("sha256")
+        if not sha:
+            raise InputError(f"model {self.name!r} has no weights (sha256 is null)")
+        self.weights_sha256 = str(sha).lower()
+        for key in ("spacing", "hu_window", "roi_size"):
+            if entry.get(key) is None:
+                raise InputError(f"model {self.name!r} does not give {key}")
+        self.spacing_mm = tuple(float(s) for s in entry["spacing"])
+        self.hu_window = tuple(float(h) for h in entry["hu_window"])
+        self.roi_size = tuple(int(r) for r in entry["roi_size"])
+        self.lung_margin_mm = float(lung_margin_mm)
+        self._torch_device = resolve_device(device)
+        self.device = self._torch_device.type
+        weights = models.fetch_weights(entry, progress=progress)
+        state = models.load_state_dict(weights, self.weights_sha256)
+        self.net = build_network(str(entry["architecture"]), **(entry.get("network") or {}))
+        try:
+            self.net.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise InputError(f"weights of model {self.name!r} do not fit {entry['architecture']}: {first}") from None
+        self.net.eval()
+
+    def describe(self) -> dict:
+        return {**super().describe(), "architecture": self.entry.get("architecture")}
+
+    def segment(
+        self,
+        ct: Volume,
+        lungs: np.ndarray,
+        progress: ProgressCallback | None = None,
+        cancel: CancelCheck | None = None,
+    ) -> np.ndarray:
+        control = RunControl(progress, cancel)
+        lung_mask = np.asarray(lungs) != 0
+        raw = predict_lesions(self.net, ct, lung_mask, spacing_mm=self.spacing_mm, hu_window=self.hu_window,
+                              roi_size=self.roi_size, device=self._torch_device, control=control,
+                              margin_mm=max(10.0, 2 * self.lung_margin_mm))
+        # After an out-of-memory fallback the network runs on the CPU: say where it really ran.
+        self.device = next(self.net.parameters()).device.type
+        return keep_near_lungs(raw, lung_mask, ct.spacing_zyx, self.lung_margin_mm)

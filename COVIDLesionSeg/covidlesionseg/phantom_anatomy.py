@@ -1,0 +1,318 @@
+"""Chest anatomy of the generated CT: randomised parameters and implicit shapes in a patient frame.
+
+Frame: millimetres, LPS axes (x toward the patient's LEFT, y toward posterior, z toward superior), origin
+at the carina.  Every function takes flat float arrays ``x, y, z`` of points and is pure, so the same
+definition is evaluated on any voxel grid (truth at voxel centres) and on coarse lattices (tree
+territories, lesion weights).  Sizes follow adult chest CT anatomy (e.g. lung height 230-300 mm,
+inner thoracic width 230-290 mm, right hemidiaphragm 1-2.5 cm higher than the left, oblique fissures
+running from about T4-T5 posteriorly to the anterior diaphragm, horizontal fissure at the 4th costal
+cartilage).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import labels
+
+
+def catmull_rom(points: np.ndarray, per_segment: int = 8) -> np.ndarray:
+    """Dense polyline through control points (centripetal-free uniform Catmull-Rom spline)."""
+    p = np.asarray(points, float)
+    ext = np.vstack([2 * p[0] - p[1], p, 2 * p[-1] - p[-2]])
+    t = np.linspace(0, 1, per_segment, endpoint=False)[:, None]
+    out = []
+    for i in range(1, len(ext) - 2):
+        p0, p1, p2, p3 = ext[i - 1], ext[i], ext[i + 1], ext[i + 2]
+        out.append(0.5 * ((2 * p1) + (-p0 + p2) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t**2
+                          + (-p0 + 3 * p1 - 3 * p2 + p3) * t**3))
+    out.append(p[-1:])
+    return np.vstack(out)
+
+
+def polyline_segments(nodes: np.ndarray, radii: np.ndarray | float) -> np.ndarray:
+    """(N-1, 8) tube segments x0, y0, z0, x1, y1, z1, r0, r1 from polyline nodes and node radii."""
+    nodes = np.asarray(nodes, float)
+    r = np.broadcast_to(np.asarray(radii, float), (len(nodes),))
+    return np.hstack([nodes[:-1], nodes[1:], r[:-1, None], r[1:, None]])
+
+
+def segment_distance(x: np.ndarray, y: np.ndarray, z: np.ndarray, segs: np.ndarray) -> np.ndarray:
+    """Smallest (distance - radius) from points to tapered tube segments (N, 8); +inf where none is near."""
+    best = np.full(x.shape, np.inf, np.float32)
+    if len(segs) == 0 or x.size == 0:
+        return best
+    reach = np.maximum(segs[:, 6], segs[:, 7]) + 30.0
+    lo = np.minimum(segs[:, 0:3], segs[:, 3:6]).min(0) - reach.max()
+    hi = np.maximum(segs[:, 0:3], segs[:, 3:6]).max(0) + reach.max()
+    near = np.nonzero((x > lo[0]) & (x < hi[0]) & (y > lo[1]) & (y < hi[1]) & (z > lo[2]) & (z < hi[2]))[0]
+    if near.size == 0:
+        return best
+    px, py, pz = x[near], y[near], z[near]
+    sub = np.full(near.size, np.inf, np.float32)
+    for s in segs:
+        vx, vy, vz = s[3] - s[0], s[4] - s[1], s[5] - s[2]
+        vv = max(vx * vx + vy * vy + vz * vz, 1e-9)
+        wx, wy, wz = px - s[0], py - s[1], pz - s[2]
+        t = np.clip((wx * vx + wy * vy + wz * vz) / vv, 0.0, 1.0)
+        d = np.sqrt((wx - t * vx) ** 2 + (wy - t * vy) ** 2 + (wz - t * vz) ** 2) - (s[6] + t * (s[7] - s[6]))
+        np.minimum(sub, d, out=sub)
+    best[near] = sub
+    return best
+
+
+class ChestAnatomy:
+    """One randomised adult chest.  All lengths in mm in the patient frame (carina at the origin)."""
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        u = rng.uniform
+        self.size = u(0.9, 1.1)  # lateral scale
+        self.depth = u(0.88, 1.12)  # antero-posterior scale
+        self.height = u(0.9, 1.1)  # cranio-caudal scale
+        # Thoracic cavity (inner chest wall): superellipse-like section, semi-axes at the widest level.
+        self.cav_a = 128.0 * self.size
+        self.cav_ba = 78.0 * self.depth  # anterior half-depth
+        self.cav_bp = 84.0 * self.depth  # posterior half-depth
+        self.boxiness = u(0.4, 1.3)
+        # Levels.
+        self.z_apex = 88.0 * self.height
+        self.z_dome_r = -u(120.0, 145.0) * self.height
+        self.z_dome_l = self.z_dome_r - u(10.0, 25.0)
+        self.dome_drop = u(26.0, 36.0) * self.height
+        self.vert_pitch = u(23.0, 26.0) * self.height
+        self.z_t1 = self.z_apex - u(5.0, 15.0)
+        # Chest wall layers (mm): rib layer, muscle, subcutaneous fat.
+        self.rib_layer = 11.0
+        self.muscle_lat = u(5.0, 9.0)
+        self.muscle_ant = u(6.0, 16.0)
+        self.muscle_post = u(30.0, 45.0)
+        self.fat = u(4.0, 14.0)
+        self.fat_extra = u(0.0, 22.0)
+        self.skin = 1.8
+        # Spine: vertebral body centre, radii.
+        self.vb_rx = u(17.0, 21.0)
+        self.vb_ry = u(14.0, 17.0)
+        self.vb_y = self.cav_bp - 0.35 * self.vb_ry
+        # Trachea and bronchi (lumen radius, wall).
+        self.trachea_r = u(7.5, 9.5) * self.size
+        self.trachea_y = self.vb_y - self.vb_ry - 26.0
+        # Heart: centre, semi-axes, long-axis angle toward the patient's left and anterior.
+        self.heart_c = np.array([u(22.0, 36.0), -0.22 * self.cav_ba, self.z_dome_l + u(58.0, 70.0)])
+        self.heart_ax = np.array([u(60.0, 72.0), u(44.0, 52.0), u(44.0, 52.0)]) * self.size
+        ang = np.deg2rad(u(32.0, 48.0))
+        long_axis = np.array([np.cos(ang), -np.sin(ang), -u(0.25, 0.45)])
+        long_axis /= np.linalg.norm(long_axis)
+        second = np.cross(long_axis, [0.0, 0.0, 1.0])
+        second /= np.linalg.norm(second)
+        self.heart_rot = np.stack([long_axis, second, np.cross(long_axis, second)])  # rows: axes
+        self.heart_fat = u(3.0, 8.0)
+        # Mediastinal column half-width profile (z, w) and centre.
+        self.col_x = u(-2.0, 6.0)
+        zs = [self.z_apex + 60, self.z_apex - 20, 35.0, 0.0, -40.0, self.z_dome_r - 40]
+        ws = [u(14, 20), u(12, 17), u(16, 22), u(22, 28), u(18, 24), u(14, 20)]
+        self.col_profile = (np.array(zs[::-1]), np.array(ws[::-1]))
+        # Apices: dome centre per side (x offsets), curvature.
+        self.apex_x = u(48.0, 60.0) * self.size
+        self.apex_y = u(5.0, 20.0)
+        self.apex_k = u(0.016, 0.024)
+        self._draw_fissures(rng)
+        # HU of tissues (unenhanced CT).
+        self.hu = {
+            "fat": u(-115.0, -85.0), "muscle": u(38.0, 55.0), "skin": u(20.0, 40.0), "blood": u(34.0, 46.0),
+            "myocardium": u(42.0, 52.0), "liver": u(52.0, 66.0), "spleen": u(42.0, 50.0), "fluid": u(5.0, 20.0),
+            "cortex": u(750.0, 1100.0), "marrow": u(140.0, 300.0), "cartilage": u(90.0, 180.0), "disc": u(70.0, 95.0),
+            "csf": u(5.0, 20.0), "lung": u(-885.0, -850.0), "lung_gradient": u(25.0, 80.0), "fissure": u(-150.0, -50.0),
+            "airway_wall": u(-80.0, 40.0), "abdomen": u(-40.0, 20.0),
+        }
+        self.fissure_half = u(0.2, 0.4)
+        self.table = bool(rng.random() < 0.75)
+
+    # --- fissures -------------------------------------------------------------------------------
+    def _draw_fissures(self, rng: np.random.Generator) -> None:
+        u = rng.uniform
+
+        def waves() -> np.ndarray:  # rows: amplitude, kx, ky, phase
+            n = 3
+            amp = u(1.0, 4.0, n)
+            lam = u(60.0, 160.0, n)
+            th = u(0, 2 * np.pi, n)
+            return np.stack([amp, 2 * np.pi / lam * np.cos(th), 2 * np.pi / lam * np.sin(th), u(0, 2 * np.pi, n)], 1)
+
+        def oblique(z_post: float, z_ant: float, y_ant: float) -> dict:
+            slope = (z_post - z_ant) / (self.cav_bp - y_ant)
+            return {"z0": z_ant - slope * y_ant, "sy": slope, "cyy": u(-0.0015, 0.0015), "sx": u(-0.12, 0.12),
+                    "waves": waves()}
+
+        self.fis_r_obl = oblique(u(15.0, 35.0) * self.height, self.z_dome_r + u(0.0, 15.0), -u(0.25, 0.5) * self.cav_ba)
+        self.fis_l_obl = oblique(u(30.0, 50.0) * self.height, self.z_dome_l + u(0.0, 15.0), -u(0.1, 0.35) * self.cav_ba)
+        self.fis_r_hor = {"z0": -u(28.0, 45.0) * self.height, "sy": u(-0.12, 0.05), "cyy": 0.0, "sx": u(-0.08, 0.08),
+                          "waves": waves()}
+
+    @staticmethod
+    def _surface(f: dict, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Height of a fissure surface z = h(x, y) and its slopes dh/dx, dh/dy."""
+        h = f["z0"] + f["sy"] * y + f["cyy"] * y * y + f["sx"] * x
+        hx = np.full_like(x, f["sx"])
+        hy = f["sy"] + 2 * f["cyy"] * y
+        for amp, kx, ky, ph in f["waves"]:
+            arg = kx * x + ky * y + ph
+            h = h + amp * np.sin(arg)
+            c = amp * np.cos(arg)
+            hx = hx + c * kx
+            hy = hy + c * ky
+        return h, hx, hy
+
+    def lobe(self, x: np.ndarray, y: np.ndarray, z: np.ndarray, side: np.ndarray) -> np.ndarray:
+        """Lobe label (labels.RUL..LLL) of lung points given their lung side (labels.RIGHT_LUNG/LEFT_LUNG)."""
+        out = np.zeros(x.shape, np.uint8)
+        right = side == labels.RIGHT_LUNG
+        h_ro, _, _ = self._surface(self.fis_r_obl, x, y)
+        h_rh, _, _ = self._surface(self.fis_r_hor, x, y)
+        h_lo, _, _ = self._surface(self.fis_l_obl, x, y)
+        lower_r = z < h_ro
+        out[right & lower_r] = labels.RLL
+        out[right & ~lower_r & (z >= h_rh)] = labels.RUL
+        out[right & ~lower_r & (z < h_rh)] = labels.RML
+        left = side == labels.LEFT_LUNG
+        lower_l = z < h_lo
+        out[left & lower_l] = labels.LLL
+        out[left & ~lower_l] = labels.LUL
+        return out
+
+    def fissure_distance(self, x: np.ndarray, y: np.ndarray, z: np.ndarray, side: np.ndarray):
+        """Distance (mm) of lung points to their nearest fissure and that fissure's unit normal (nx, ny, nz)."""
+        dist = np.full(x.shape, np.inf, np.float32)
+        normal = [np.zeros(x.shape, np.float32) for _ in range(3)]
+        right = side == labels.RIGHT_LUNG
+        h_ro = self._surface(self.fis_r_obl, x, y)[0]
+        cases = [(self.fis_r_obl, right), (self.fis_l_obl, side == labels.LEFT_LUNG),
+                 (self.fis_r_hor, right & (z >= h_ro))]  # the horizontal fissure ends at the oblique one
+        for fis, where in cases:
+            h, hx, hy = self._surface(fis, x, y)
+            g = np.sqrt(1.0 + hx * hx + hy * hy)
+            d = np.abs(z - h) / g
+            better = where & (d < dist)
+            dist[better] = d[better]
+            for arr, comp in zip(normal, (-hx / g, -hy / g, 1.0 / g)):
+                arr[better] = comp[better]
+        return dist, normal
+
+    # --- chest wall and cavity -------------------------------------------------------------------
+    def _cavity_axes(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        top = np.clip((z + 40.0) / (self.z_apex + 40.0), 0.0, 1.2)
+        narrow = 1.0 - 0.30 * top**1.6
+        low = np.clip((self.z_dome_l - 40.0 - z) / 120.0, 0.0, 1.0)
+        widen = 1.0 - 0.06 * low
+        return self.cav_a * narrow * widen, self.cav_ba * (1 - 0.12 * top**1.6), self.cav_bp * (1 - 0.10 * top**1.6)
+
+    def cavity_height(self, x: np.ndarray, y: np.ndarray, z: np.ndarray):
+        """Radial height (mm) of points above the inner chest-wall surface (negative inside) and the direction
+        cosines (cx, cy) of the point around the chest centre (cy > 0 posterior)."""
+        a, ba, bp = self._cavity_axes(z)
+        u = x / a
+        v = y / np.where(y < 0, ba, bp)
+        uu, vv = u * u, v * v
+        s = uu + vv
+        rho = np.sqrt(np.maximum(s - self.boxiness * uu * vv / np.maximum(s, 1e-12), 1e-12))
+        r = np.sqrt(x * x + y * y)
+        h = r - r / rho
+        inv = 1.0 / np.maximum(r, 1e-6)
+        return h, x * inv, y * inv
+
+    def cavity_radius(self, cx: np.ndarray, cy: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """Distance from the chest axis to the inner chest wall along the unit direction (cx, cy) at level z."""
+        h_unit = self.cavity_height(np.asarray(cx, float), np.asarray(cy, float), np.asarray(z, float))[0]
+        return 1.0 - h_unit  # rho is homogeneous of degree 1, so the surface lies at 1 / rho(unit) = 1 - h
+
+    def wall_thickness(self, cx: np.ndarray, cy: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Muscle and subcutaneous fat thickness (mm) outside the rib layer, by direction and level."""
+        ant = np.maximum(-cy, 0.0)
+        post = np.maximum(cy, 0.0)
+        upper = np.clip((z + 60.0) / 140.0, 0.0, 1.0)
+        shoulder = np.clip((z - self.z_apex + 50.0) / 60.0, 0.0, 1.0)
+        muscle = (self.muscle_lat + self.muscle_ant * ant * upper + self.muscle_post * post**6
+                  + 25.0 * shoulder * (cx * cx) + 12.0 * post**2)
+        fat = self.fat + self.fat_extra * (0.6 * ant + 0.4 * cx * cx) + 0.3 * self.fat_extra * post
+        return muscle, fat
+
+    def body_extent(self) -> tuple[np.ndarray, np.ndarray]:
+        """Anatomy-frame box (lo, hi) holding the body over the lungs' levels plus margins."""
+        th = np.linspace(0, 2 * np.pi, 181)
+        zs = np.linspace(self.lung_zmin() - 60, self.z_apex + 60, 25)
+        t, zz = np.meshgrid(th, zs)
+        cx, cy, zz = np.sin(t).ravel(), np.cos(t).ravel(), zz.ravel()
+        a, ba, bp = self._cavity_axes(zz)
+        radius = self.cavity_radius(cx, cy, zz)
+        muscle, fat = self.wall_thickness(cx, cy, zz)
+        rr = radius + self.rib_layer + muscle + fat
+        px, py = rr * cx, rr * cy
+        return (np.array([px.min(), py.min(), zs.min()]), np.array([px.max(), py.max() + 45.0, zs.max()]))
+
+    def lung_zmin(self) -> float:
+        return min(self.z_dome_r, self.z_dome_l) - 2.2 * self.dome_drop - 8.0
+
+    # --- diaphragm, apices, mediastinum ---------------------------------------------------------------
+    def diaphragm_z(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Height of the upper diaphragm surface (right dome for x < 0, left for x >= 0)."""
+        right = x < self.col_x
+        top = np.where(right, self.z_dome_r, self.z_dome_l)
+        xd = np.where(right, -0.42, 0.45) * self.cav_a
+        q2 = ((x - xd) / (0.55 * self.cav_a)) ** 2 + ((y + 5.0) / (0.75 * self.cav_bp)) ** 2
+        return top - self.dome_drop * np.minimum(q2, 2.2) - 10.0 * np.clip(y / self.cav_bp, 0.0, 1.0)
+
+    def apex_z(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        xa = np.where(x < self.col_x, -self.apex_x, self.apex_x)
+        return self.z_apex - self.apex_k * ((x - xa) ** 2 + 0.8 * (y - self.apex_y) ** 2)
+
+    def column_half_width(self, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+        zs, ws = self.col_profile
+        w = np.interp(z, zs, ws)
+        mid = 0.5 * (-self.cav_ba + self.vb_y - self.vb_ry)
+        half = 0.5 * (self.vb_y - self.vb_ry + self.cav_ba)
+        return w * (1.0 - 0.55 * np.clip(((y - mid) / half) ** 2, 0.0, 1.0))
+
+    def heart_q(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """Normalised ellipsoid radius of the heart (1 on its surface)."""
+        d = [x - self.heart_c[0], y - self.heart_c[1], z - self.heart_c[2]]
+        q = 0.0
+        for row, ax in zip(self.heart_rot, self.heart_ax):
+            p = row[0] * d[0] + row[1] * d[1] + row[2] * d[2]
+            q = q + (p / ax) ** 2
+        return np.sqrt(q)
+
+    def spine_exclusion(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        body = (x / (self.vb_rx + 6.0)) ** 2 + ((y - self.vb_y) / (self.vb_ry + 6.0)) ** 2 < 1.0
+        return body | ((np.abs(x) < self.vb_rx + 22.0) & (y > self.vb_y - 4.0))
+
+    def lung_side(self, x: np.ndarray, y: np.ndarray, z: np.ndarray, exclusion_tubes: np.ndarray,
+                  cavity_h: np.ndarray | None = None) -> np.ndarray:
+        """Lung label of points: labels.RIGHT_LUNG / LEFT_LUNG / 0 (flat arrays).
+
+        Lung = inside the pleura, above the diaphragm, below the apex, outside the mediastinum (column,
+        heart with its fat, spine) and outside every mediastinal tube (great vessels, trachea and main
+        bronchi with their walls) plus a margin; ``exclusion_tubes`` holds those tubes as segments whose
+        radius already includes the margin.
+        """
+        h = self.cavity_height(x, y, z)[0] if cavity_h is None else cavity_h
+        cand = np.nonzero((h < -1.0) & (z < self.z_apex + 1.0) & (z > self.lung_zmin() - 1.0))[0]
+        xs, ys, zs = x[cand], y[cand], z[cand]
+        ok = (zs > self.diaphragm_z(xs, ys)) & (zs < self.apex_z(xs, ys))
+        ok &= np.abs(xs - self.col_x) > self.column_half_width(ys, zs)
+        idx = np.nonzero(ok)[0]
+        xs, ys, zs = xs[idx], ys[idx], zs[idx]
+        heart_margin = 1.0 + (self.heart_fat + 2.0) / self.heart_ax.min()
+        ok2 = (self.heart_q(xs, ys, zs) > heart_margin) & ~self.spine_exclusion(xs, ys)
+        ok2 &= segment_distance(xs, ys, zs, exclusion_tubes) > 0.0
+        out = np.zeros(x.shape, np.uint8)
+        keep = cand[idx[ok2]]
+        out[keep] = np.where(x[keep] < self.col_x, labels.RIGHT_LUNG, labels.LEFT_LUNG)
+        return out
+
+    def summary(self) -> dict:
+        """JSON-serialisable summary of the drawn anatomy."""
+        return {
+            "size_scale": round(self.size, 4), "depth_scale": round(self.depth, 4), "height_scale": round(self.height, 4),
+            "apex_z_mm": round(self.z_apex, 2), "right_dome_z_mm": round(self.z_dome_r, 2),
+            "left_dome_z_mm": round(self.z_dome_l, 2), "heart_centre_mm": [round(v, 2) for v in self.heart_c],
+            "table": self.table, "hu": {k: round(v, 1) for k, v in self.hu.items()},
+        }

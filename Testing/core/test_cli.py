@@ -1,0 +1,159 @@
+"""The command line end to end on generated CT: outputs, contracts, one-line errors, nothing half-written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from covidlesionseg import io, labels
+from covidlesionseg.cli import main
+from covidlesionseg.metrics import dice
+
+SHAPE = ["56", "96", "96"]
+
+
+@pytest.fixture(scope="module")
+def phantom_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("phantom") / "p"
+    assert main(["phantom", "-o", str(out), "--seed", "4", "--severity", "CT2", "--shape", *SHAPE, "-q"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def segmented(phantom_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("seg") / "s"
+    code = main(["segment", str(phantom_dir / labels.CT_FILE), "-o", str(out), "--engine", "classical",
+                 "--lobes", str(phantom_dir / labels.LOBES_FILE), "-q"])
+    assert code == 0
+    return out
+
+
+def test_phantom_writes_ct_truth_and_severity(phantom_dir):
+    names = sorted(p.name for p in phantom_dir.iterdir())
+    assert names == sorted([labels.CT_FILE, labels.LESIONS_FILE, labels.LUNGS_FILE, labels.LOBES_FILE,
+                            labels.SEVERITY_FILE])
+    ct = io.read_ct(phantom_dir / labels.CT_FILE)
+    for name in (labels.LESIONS_FILE, labels.LUNGS_FILE, labels.LOBES_FILE):
+        assert io.read_label(phantom_dir / name, ct).same_geometry(ct)
+    sev = json.loads((phantom_dir / labels.SEVERITY_FILE).read_text())
+    assert sev["CT_category"] == "CT2" and sev["lobe_source"] == "truth" and sev["engine"] == "truth"
+    assert sev["coverage"]["complete"] is True
+
+
+def test_segment_outputs_follow_the_contract(phantom_dir, segmented):
+    ct = io.read_ct(phantom_dir / labels.CT_FILE)
+    sev = json.loads((segmented / labels.SEVERITY_FILE).read_text())
+    for key in ("software", "engine", "model", "lobe_source", "coverage", "config", "lung_ml", "lesion_ml",
+                "high_opacity_ml", "PO", "PHO", "LSS", "LHOS", "CTSS", "CTSS_category", "CT_category", "lungs",
+                "lobes"):
+        assert key in sev, key
+    assert sev["engine"] == "classical" and sev["model"]["sha256"] is None
+    assert sev["lobe_source"].startswith("file:")
+    assert set(sev["lobes"]) == set(labels.LOBE_NAMES.values())
+    lesions = io.read_label(segmented / labels.LESIONS_FILE, ct).array
+    lungs = io.read_label(segmented / labels.LUNGS_FILE, ct).array
+    lobes = io.read_label(segmented / labels.LOBES_FILE, ct).array
+    # lesion split derived from HU; lungs contain lesions; every lung voxel in exactly one lobe
+    assert np.array_equal(lesions == labels.LESION_HIGH, (lesions > 0) & (ct.array >= labels.HIGH_OPACITY_HU))
+    assert np.all(lungs[lesions > 0] > 0)
+    assert np.array_equal(lobes > 0, lungs > 0)
+    truth = io.read_label(phantom_dir / labels.LESIONS_FILE, ct).array
+    assert dice(lesions > 0, truth > 0) > 0.6
+    truth_lungs = io.read_label(phantom_dir / labels.LUNGS_FILE, ct).array
+    for side in (labels.RIGHT_LUNG, labels.LEFT_LUNG):
+        assert dice(lungs == side, truth_lungs == side) > 0.9
+
+
+def test_score_recomputes_from_corrected_labels(phantom_dir, segmented, tmp_path):
+    out = tmp_path / "sev.json"
+    code = main(["score", str(phantom_dir / labels.CT_FILE), str(phantom_dir / labels.LESIONS_FILE),
+                 "--lungs", str(phantom_dir / labels.LUNGS_FILE), "--lobes", str(phantom_dir / labels.LOBES_FILE),
+                 "-o", str(out), "-q"])
+    assert code == 0
+    scored = json.loads(out.read_text())
+    truth = json.loads((phantom_dir / labels.SEVERITY_FILE).read_text())
+    for key in ("PO", "PHO", "LSS", "LHOS", "CTSS", "CTSS_category", "CT_category", "lesion_ml", "lung_ml"):
+        assert scored[key] == pytest.approx(truth[key]), key
+
+
+def test_evaluate_pairs_cases_and_scores_them(phantom_dir, tmp_path):
+    images, labels_dir = tmp_path / "imagesTs", tmp_path / "labelsTs"
+    images.mkdir()
+    labels_dir.mkdir()
+    shutil.copy(phantom_dir / labels.CT_FILE, images / "case1_0000.nii.gz")
+    shutil.copy(phantom_dir / labels.LESIONS_FILE, labels_dir / "case1.nii.gz")
+    out = tmp_path / "metrics.json"
+    assert main(["evaluate", "--images", str(images), "--labels", str(labels_dir), "-o", str(out),
+                 "--engine", "classical", "-q"]) == 0
+    doc = json.loads(out.read_text())
+    assert [c["id"] for c in doc["cases"]] == ["case1"]
+    case = doc["cases"][0]
+    assert 0.6 < case["dice"] <= 1.0 and 0.0 <= case["nsd"] <= 1.0 and case["fp_ml"] >= 0 and case["fn_ml"] >= 0
+    assert doc["mean_dice"] == pytest.approx(case["dice"])
+    (images / "case2.nii.gz").write_bytes((phantom_dir / labels.CT_FILE).read_bytes())
+    assert main(["evaluate", "--images", str(images), "--labels", str(labels_dir), "-o", str(tmp_path / "m2.json"),
+                 "--engine", "classical", "-q"]) == 2
+    assert not (tmp_path / "m2.json").exists()
+
+
+def test_models_json_lists_classical_as_the_only_default(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("COVIDLESIONSEG_HOME", str(tmp_path))
+    assert main(["models", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    ids = [m["id"] for m in doc["models"]]
+    assert "classical" in ids and sum(m["default"] for m in doc["models"]) == 1
+    classical = next(m for m in doc["models"] if m["id"] == "classical")
+    assert classical["sha256"] is None
+    assert main(["models", "--set-default", "no-such-model"]) == 2
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["segment", "{missing}", "-o", "{out}"], "not found"),
+        (["segment", "{text}", "-o", "{out}"], "unsupported file type"),
+        (["segment", "{ct}", "-o", "{out}", "--engine", "no-such-model"], "no-such-model"),
+        (["segment", "{ct}", "-o", "{out}", "--lobes", "{missing}"], "lobe file not found"),
+        (["segment", "{ct}", "-o", "{out}", "--lobes", "builtin"], "built-in lobe provider"),
+    ],
+)
+def test_errors_are_one_line_and_write_nothing(phantom_dir, tmp_path, capsys, argv, message):
+    (tmp_path / "notes.txt").write_text("not an image")
+    values = {"missing": str(tmp_path / "absent.nii.gz"), "out": str(tmp_path / "out"),
+              "text": str(tmp_path / "notes.txt"), "ct": str(phantom_dir / labels.CT_FILE)}
+    code = main([a.format(**values) for a in argv] + ["-q"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("covidlesionseg: error:") and message in err and "\n" not in err
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_failed_run_keeps_an_earlier_output_intact(phantom_dir, segmented, tmp_path):
+    out = tmp_path / "s"
+    shutil.copytree(segmented, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code = main(["segment", str(phantom_dir / labels.CT_FILE), "-o", str(out), "--engine", "nope", "-q"])
+    assert code == 2
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_python_dash_m_entry_point(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "covidlesionseg", "--version"], capture_output=True, text=True)
+    assert run.returncode == 0 and "covidlesionseg" in run.stdout
+
+
+def test_demo_writes_report_and_pictures(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "-o", str(out), "--shape", "48", "80", "80", "-q"]) == 0
+    for rel in ("report.md", "preview.png", "metrics.json", "truth/ct.nii.gz", "segmentation/severity.json"):
+        assert (out / rel).is_file(), rel
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["lesions"]["dice"] > 0.5
+    report = (out / "report.md").read_text()
+    assert "| CT_category |" in report and "RUL" in report
