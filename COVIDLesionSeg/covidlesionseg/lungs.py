@@ -327,14 +327,51 @@ def _body_mid_x(frame: _Frame, body: np.ndarray, offset: np.ndarray) -> float:
     return float(_x_map(frame, sample.shape, offset, step)[sample].mean())
 
 
-def _refine(mask: np.ndarray, allowed: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+@dataclass
+class _Depth:
+    """Depth below the body surface (mm) on a coarse grid of the whole canonical volume."""
+
+    values: np.ndarray
+    block: np.ndarray
+
+    @classmethod
+    def of(cls, inside: np.ndarray, spacing: np.ndarray) -> _Depth:
+        block = _grid(spacing, inside.shape, CLOSING_GRID_MM)
+        return cls(_distance_to(~_downsample(inside, block), spacing * block), block)
+
+    def sample(self, origin: np.ndarray, block: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """Depth at the centres of the blocks of another coarse grid starting at full index ``origin``."""
+        index = [np.minimum((o + np.arange(n) * b + b // 2) // own, m - 1)
+                 for o, n, b, own, m in zip(origin, shape, block, self.block, self.values.shape)]
+        return self.values[np.ix_(*index)]
+
+
+def _outward(dents: np.ndarray, lung: np.ndarray, depth: np.ndarray) -> np.ndarray:
+    """The dents lying toward the body surface from the lung around them (subpleural consolidation),
+    not those deeper than it (the hilum, the mediastinum)."""
+    lab, n = ndi.label(dents)
+    if n == 0:
+        return dents
+    ids = np.arange(1, n + 1)
+    ring = ndi.grey_dilation(lab, size=(3, 3, 3)) * lung
+
+    def mean_depth(where: np.ndarray) -> np.ndarray:
+        total = np.bincount(where.ravel(), weights=depth.ravel().astype(float), minlength=n + 1)[1:]
+        return total / np.maximum(np.bincount(where.ravel(), minlength=n + 1)[1:], 1)
+
+    return _select(lab, ids[mean_depth(lab) <= mean_depth(ring)])
+
+
+def _refine(mask: np.ndarray, allowed: np.ndarray, spacing: np.ndarray, depth: _Depth,
+            origin: np.ndarray) -> np.ndarray:
     """Fill vessels and airways (holes in each slice), roll a ball over the surface for subpleural
-    consolidation (only soft tissue or fluid is added), then fill cavities closed in 3D.  The closing
-    runs on ~``CLOSING_GRID_MM`` blocks and adds only the blocks it fills (dents), never a rim."""
+    consolidation (only outward dents, only soft tissue or fluid), then fill cavities closed in 3D.  The
+    closing runs on ~``CLOSING_GRID_MM`` blocks and adds only the blocks it fills, never a rim."""
     mask = _fill_holes(mask, per_slice=True)
     block = _grid(spacing, mask.shape, CLOSING_GRID_MM)
     coarse = _downsample(mask, block)
     dents = _closing(coarse, CLOSING_RADIUS_MM, spacing * block) & ~coarse
+    dents = _outward(dents, coarse, depth.sample(origin, block, coarse.shape))
     mask |= _upsample(dents, block, mask.shape) & allowed
     mask |= _fill_holes(mask, per_slice=True) & allowed
     return _fill_holes(mask, per_slice=False)
@@ -362,11 +399,13 @@ def segment_lungs(ct: Volume, control: RunControl | None = None) -> np.ndarray:
     control.report(0.0, "body and air")
     air_ref = _air_reference(hu_full, hu_full < AIR_HU, hu_full < PADDING_HU)
     margin = np.ceil(CLOSING_RADIUS_MM / frame.spacing).astype(int) + 1
+    lung = None
     for keep_lung_like in (False, True):  # second pass: lungs cut by a narrow field of view
         cand, inside = _candidates(hu_full, air_ref, keep_lung_like)
         if not cand.any():
             continue
         mid_x = _body_mid_x(frame, inside, np.zeros(3))
+        depth = _Depth.of(inside, frame.spacing)
         box = _bbox(cand, margin)
         offset = np.array([b.start for b in box])
         hu, cand, inside = hu_full[box], cand[box], inside[box]
@@ -376,7 +415,7 @@ def segment_lungs(ct: Volume, control: RunControl | None = None) -> np.ndarray:
         lung, found_ml = _lung_components(cand & ~airway, hu, air_ref, ct.voxel_ml)
         if found_ml >= MIN_LUNG_ML:
             break
-    if not cand.any() or not lung.any():
+    if lung is None or not lung.any():
         raise InputError("no aerated lung found inside the body: not a chest CT?")
     control.check()
     control.report(0.35, "right and left")
@@ -391,7 +430,8 @@ def segment_lungs(ct: Volume, control: RunControl | None = None) -> np.ndarray:
         if own.any():
             sub = _bbox(own, margin)
             grown = np.zeros_like(own)
-            grown[sub] = _refine(own[sub], allowed[sub] & (sides[sub] != other), frame.spacing)
+            grown[sub] = _refine(own[sub], allowed[sub] & (sides[sub] != other), frame.spacing, depth,
+                                 offset + [b.start for b in sub])
             refined[side] = grown & ~airway
         control.check()
     result = np.zeros(hu.shape, np.uint8)

@@ -37,30 +37,6 @@ def polyline_segments(nodes: np.ndarray, radii: np.ndarray | float) -> np.ndarra
     return np.hstack([nodes[:-1], nodes[1:], r[:-1, None], r[1:, None]])
 
 
-def segment_distance(x: np.ndarray, y: np.ndarray, z: np.ndarray, segs: np.ndarray) -> np.ndarray:
-    """Smallest (distance - radius) from points to tapered tube segments (N, 8); +inf where none is near."""
-    best = np.full(x.shape, np.inf, np.float32)
-    if len(segs) == 0 or x.size == 0:
-        return best
-    reach = np.maximum(segs[:, 6], segs[:, 7]) + 30.0
-    lo = np.minimum(segs[:, 0:3], segs[:, 3:6]).min(0) - reach.max()
-    hi = np.maximum(segs[:, 0:3], segs[:, 3:6]).max(0) + reach.max()
-    near = np.nonzero((x > lo[0]) & (x < hi[0]) & (y > lo[1]) & (y < hi[1]) & (z > lo[2]) & (z < hi[2]))[0]
-    if near.size == 0:
-        return best
-    px, py, pz = x[near], y[near], z[near]
-    sub = np.full(near.size, np.inf, np.float32)
-    for s in segs:
-        vx, vy, vz = s[3] - s[0], s[4] - s[1], s[5] - s[2]
-        vv = max(vx * vx + vy * vy + vz * vz, 1e-9)
-        wx, wy, wz = px - s[0], py - s[1], pz - s[2]
-        t = np.clip((wx * vx + wy * vy + wz * vz) / vv, 0.0, 1.0)
-        d = np.sqrt((wx - t * vx) ** 2 + (wy - t * vy) ** 2 + (wz - t * vz) ** 2) - (s[6] + t * (s[7] - s[6]))
-        np.minimum(sub, d, out=sub)
-    best[near] = sub
-    return best
-
-
 class ChestAnatomy:
     """One randomised adult chest.  All lengths in mm in the patient frame (carina at the origin)."""
 
@@ -73,7 +49,7 @@ class ChestAnatomy:
         self.cav_a = 128.0 * self.size
         self.cav_ba = 78.0 * self.depth  # anterior half-depth
         self.cav_bp = 84.0 * self.depth  # posterior half-depth
-        self.boxiness = u(0.4, 1.3)
+        self.boxiness = u(0.15, 0.6)
         # Levels.
         self.z_apex = 88.0 * self.height
         self.z_dome_r = -u(120.0, 145.0) * self.height
@@ -98,7 +74,7 @@ class ChestAnatomy:
         self.trachea_y = self.vb_y - self.vb_ry - 26.0
         # Heart: centre, semi-axes, long-axis angle toward the patient's left and anterior.
         self.heart_c = np.array([u(22.0, 36.0), -0.22 * self.cav_ba, self.z_dome_l + u(58.0, 70.0)])
-        self.heart_ax = np.array([u(60.0, 72.0), u(44.0, 52.0), u(44.0, 52.0)]) * self.size
+        self.heart_ax = np.array([u(58.0, 68.0), u(38.0, 45.0), u(42.0, 50.0)]) * self.size
         ang = np.deg2rad(u(32.0, 48.0))
         long_axis = np.array([np.cos(ang), -np.sin(ang), -u(0.25, 0.45)])
         long_axis /= np.linalg.norm(long_axis)
@@ -151,10 +127,11 @@ class ChestAnatomy:
     @staticmethod
     def _surface(f: dict, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Height of a fissure surface z = h(x, y) and its slopes dh/dx, dh/dy."""
-        h = f["z0"] + f["sy"] * y + f["cyy"] * y * y + f["sx"] * x
-        hx = np.full_like(x, f["sx"])
-        hy = f["sy"] + 2 * f["cyy"] * y
-        for amp, kx, ky, ph in f["waves"]:
+        z0, sy, cyy, sx = (float(f[k]) for k in ("z0", "sy", "cyy", "sx"))
+        h = z0 + sy * y + cyy * y * y + sx * x
+        hx = np.full_like(x, sx)
+        hy = sy + 2 * cyy * y
+        for amp, kx, ky, ph in f["waves"].tolist():
             arg = kx * x + ky * y + ph
             h = h + amp * np.sin(arg)
             c = amp * np.cos(arg)
@@ -162,48 +139,51 @@ class ChestAnatomy:
             hy = hy + c * ky
         return h, hx, hy
 
-    def lobe(self, x: np.ndarray, y: np.ndarray, z: np.ndarray, side: np.ndarray) -> np.ndarray:
-        """Lobe label (labels.RUL..LLL) of lung points given their lung side (labels.RIGHT_LUNG/LEFT_LUNG)."""
-        out = np.zeros(x.shape, np.uint8)
-        right = side == labels.RIGHT_LUNG
-        h_ro, _, _ = self._surface(self.fis_r_obl, x, y)
-        h_rh, _, _ = self._surface(self.fis_r_hor, x, y)
-        h_lo, _, _ = self._surface(self.fis_l_obl, x, y)
-        lower_r = z < h_ro
-        out[right & lower_r] = labels.RLL
-        out[right & ~lower_r & (z >= h_rh)] = labels.RUL
-        out[right & ~lower_r & (z < h_rh)] = labels.RML
-        left = side == labels.LEFT_LUNG
-        lower_l = z < h_lo
-        out[left & lower_l] = labels.LLL
-        out[left & ~lower_l] = labels.LUL
-        return out
+    def lobes_and_fissures(self, x: np.ndarray, y: np.ndarray, z: np.ndarray, side: np.ndarray):
+        """Lobe label (labels.RUL..LLL) of lung points given their side, the distance (mm) to the nearest
+        fissure bounding that lobe and the fissure's unit normal (nx, ny, nz).
 
-    def fissure_distance(self, x: np.ndarray, y: np.ndarray, z: np.ndarray, side: np.ndarray):
-        """Distance (mm) of lung points to their nearest fissure and that fissure's unit normal (nx, ny, nz)."""
+        Right lung: below the oblique fissure is RLL; above it, the horizontal fissure separates RUL (above)
+        from RML.  Left lung: below the oblique fissure is LLL, above it LUL.
+        """
+        out = np.zeros(x.shape, np.uint8)
         dist = np.full(x.shape, np.inf, np.float32)
         normal = [np.zeros(x.shape, np.float32) for _ in range(3)]
         right = side == labels.RIGHT_LUNG
-        h_ro = self._surface(self.fis_r_obl, x, y)[0]
-        cases = [(self.fis_r_obl, right), (self.fis_l_obl, side == labels.LEFT_LUNG),
-                 (self.fis_r_hor, right & (z >= h_ro))]  # the horizontal fissure ends at the oblique one
-        for fis, where in cases:
-            h, hx, hy = self._surface(fis, x, y)
+        left = ~right
+        h_o = np.empty(x.shape, np.float32)
+        gx = np.empty(x.shape, np.float32)
+        gy = np.empty(x.shape, np.float32)
+        for fis, where in ((self.fis_r_obl, right), (self.fis_l_obl, left)):
+            h, hx, hy = self._surface(fis, x[where], y[where])
+            h_o[where], gx[where], gy[where] = h, hx, hy
+        lower = z < h_o
+        out[right & lower] = labels.RLL
+        out[left & lower] = labels.LLL
+        out[left & ~lower] = labels.LUL
+        upper_r = np.nonzero(right & ~lower)[0]
+        h_h, hx_h, hy_h = self._surface(self.fis_r_hor, x[upper_r], y[upper_r])
+        out[upper_r] = np.where(z[upper_r] >= h_h, labels.RUL, labels.RML)
+        for idx, h, hx, hy in ((slice(None), h_o, gx, gy), (upper_r, h_h, hx_h, hy_h)):
             g = np.sqrt(1.0 + hx * hx + hy * hy)
-            d = np.abs(z - h) / g
-            better = where & (d < dist)
-            dist[better] = d[better]
+            d = np.abs(z[idx] - h) / g
+            cur = dist[idx]
+            better = d < cur
+            cur[better] = d[better]
+            dist[idx] = cur
             for arr, comp in zip(normal, (-hx / g, -hy / g, 1.0 / g)):
-                arr[better] = comp[better]
-        return dist, normal
+                sub = arr[idx]
+                sub[better] = comp[better]
+                arr[idx] = sub
+        return out, dist, normal
 
     # --- chest wall and cavity -------------------------------------------------------------------
     def _cavity_axes(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        top = np.clip((z + 40.0) / (self.z_apex + 40.0), 0.0, 1.2)
-        narrow = 1.0 - 0.30 * top**1.6
-        low = np.clip((self.z_dome_l - 40.0 - z) / 120.0, 0.0, 1.0)
-        widen = 1.0 - 0.06 * low
-        return self.cav_a * narrow * widen, self.cav_ba * (1 - 0.12 * top**1.6), self.cav_bp * (1 - 0.10 * top**1.6)
+        base = self.z_dome_l
+        top = np.clip((z - base) / (self.z_apex - base), 0.0, 1.15) ** 2.5
+        low = np.clip((base - 40.0 - z) / 120.0, 0.0, 1.0)
+        a = self.cav_a * (1.0 - 0.55 * top) * (1.0 - 0.06 * low)
+        return a, self.cav_ba * (1.0 - 0.25 * top), np.full_like(a, self.cav_bp)
 
     def cavity_height(self, x: np.ndarray, y: np.ndarray, z: np.ndarray):
         """Radial height (mm) of points above the inner chest-wall surface (negative inside) and the direction
@@ -255,27 +235,29 @@ class ChestAnatomy:
     def diaphragm_z(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Height of the upper diaphragm surface (right dome for x < 0, left for x >= 0)."""
         right = x < self.col_x
-        top = np.where(right, self.z_dome_r, self.z_dome_l)
-        xd = np.where(right, -0.42, 0.45) * self.cav_a
+        f32 = np.float32
+        top = np.where(right, f32(self.z_dome_r), f32(self.z_dome_l))
+        xd = np.where(right, f32(-0.42 * self.cav_a), f32(0.45 * self.cav_a))
         q2 = ((x - xd) / (0.55 * self.cav_a)) ** 2 + ((y + 5.0) / (0.75 * self.cav_bp)) ** 2
         return top - self.dome_drop * np.minimum(q2, 2.2) - 10.0 * np.clip(y / self.cav_bp, 0.0, 1.0)
 
     def apex_z(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        xa = np.where(x < self.col_x, -self.apex_x, self.apex_x)
+        xa = np.where(x < self.col_x, np.float32(-self.apex_x), np.float32(self.apex_x))
         return self.z_apex - self.apex_k * ((x - xa) ** 2 + 0.8 * (y - self.apex_y) ** 2)
 
     def column_half_width(self, y: np.ndarray, z: np.ndarray) -> np.ndarray:
         zs, ws = self.col_profile
-        w = np.interp(z, zs, ws)
+        w = np.interp(z, zs, ws).astype(np.float32)
         mid = 0.5 * (-self.cav_ba + self.vb_y - self.vb_ry)
         half = 0.5 * (self.vb_y - self.vb_ry + self.cav_ba)
         return w * (1.0 - 0.55 * np.clip(((y - mid) / half) ** 2, 0.0, 1.0))
 
     def heart_q(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
         """Normalised ellipsoid radius of the heart (1 on its surface)."""
-        d = [x - self.heart_c[0], y - self.heart_c[1], z - self.heart_c[2]]
+        c = self.heart_c.tolist()
+        d = [x - c[0], y - c[1], z - c[2]]
         q = 0.0
-        for row, ax in zip(self.heart_rot, self.heart_ax):
+        for row, ax in zip(self.heart_rot.tolist(), self.heart_ax.tolist()):
             p = row[0] * d[0] + row[1] * d[1] + row[2] * d[2]
             q = q + (p / ax) ** 2
         return np.sqrt(q)
@@ -284,25 +266,24 @@ class ChestAnatomy:
         body = (x / (self.vb_rx + 6.0)) ** 2 + ((y - self.vb_y) / (self.vb_ry + 6.0)) ** 2 < 1.0
         return body | ((np.abs(x) < self.vb_rx + 22.0) & (y > self.vb_y - 4.0))
 
-    def lung_side(self, x: np.ndarray, y: np.ndarray, z: np.ndarray, exclusion_tubes: np.ndarray,
+    def lung_side(self, x: np.ndarray, y: np.ndarray, z: np.ndarray, excluded: np.ndarray,
                   cavity_h: np.ndarray | None = None) -> np.ndarray:
         """Lung label of points: labels.RIGHT_LUNG / LEFT_LUNG / 0 (flat arrays).
 
         Lung = inside the pleura, above the diaphragm, below the apex, outside the mediastinum (column,
         heart with its fat, spine) and outside every mediastinal tube (great vessels, trachea and main
-        bronchi with their walls) plus a margin; ``exclusion_tubes`` holds those tubes as segments whose
-        radius already includes the margin.
+        bronchi with their walls) plus a margin; ``excluded`` flags the points inside those tubes (drawn
+        by :func:`phantom_grid.tube_occupancy` from the exclusion segments).
         """
         h = self.cavity_height(x, y, z)[0] if cavity_h is None else cavity_h
         cand = np.nonzero((h < -1.0) & (z < self.z_apex + 1.0) & (z > self.lung_zmin() - 1.0))[0]
         xs, ys, zs = x[cand], y[cand], z[cand]
-        ok = (zs > self.diaphragm_z(xs, ys)) & (zs < self.apex_z(xs, ys))
+        ok = (zs > self.diaphragm_z(xs, ys)) & (zs < self.apex_z(xs, ys)) & ~excluded[cand]
         ok &= np.abs(xs - self.col_x) > self.column_half_width(ys, zs)
         idx = np.nonzero(ok)[0]
         xs, ys, zs = xs[idx], ys[idx], zs[idx]
-        heart_margin = 1.0 + (self.heart_fat + 2.0) / self.heart_ax.min()
+        heart_margin = 1.0 + (self.heart_fat + 2.0) / float(self.heart_ax.min())
         ok2 = (self.heart_q(xs, ys, zs) > heart_margin) & ~self.spine_exclusion(xs, ys)
-        ok2 &= segment_distance(xs, ys, zs, exclusion_tubes) > 0.0
         out = np.zeros(x.shape, np.uint8)
         keep = cand[idx[ok2]]
         out[keep] = np.where(x[keep] < self.col_x, labels.RIGHT_LUNG, labels.LEFT_LUNG)

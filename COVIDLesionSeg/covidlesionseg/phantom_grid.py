@@ -121,7 +121,7 @@ def slab_occupancy(distance: np.ndarray, half_width: np.ndarray | float, sigma: 
     return 0.5 * (erf((half_width - distance) * k / sigma) + erf((half_width + distance) * k / sigma))
 
 
-def tube_occupancy(grid: SamplingGrid, segments: np.ndarray, out: np.ndarray, *,
+def tube_occupancy(grid: SamplingGrid, segments: np.ndarray, out: np.ndarray | None, *,
                    inside: np.ndarray | None = None) -> None:
     """Draw tapered tubes into ``out`` (uint8, grid shape) as partial-volume occupancy 0..255 (max-combined).
 
@@ -152,7 +152,7 @@ def tube_occupancy(grid: SamplingGrid, segments: np.ndarray, out: np.ndarray, *,
     bucket = _BUCKETS[np.minimum(np.searchsorted(_BUCKETS, dims), len(_BUCKETS) - 1)]
     bucket = np.maximum(bucket, dims)
     keys = bucket[:, 0] * 1_000_000_000 + bucket[:, 1] * 1_000_000 + bucket[:, 2] * 1000
-    out_flat = out.reshape(-1)
+    out_flat = out.reshape(-1) if out is not None else None
     inside_flat = inside.reshape(-1) if inside is not None else None
     for key in np.unique(keys):
         members = np.nonzero(keys == key)[0]
@@ -164,7 +164,7 @@ def tube_occupancy(grid: SamplingGrid, segments: np.ndarray, out: np.ndarray, *,
 
 
 def _draw_batch(grid: SamplingGrid, segs: np.ndarray, start: np.ndarray, stop: np.ndarray,
-                dims: tuple[int, int, int], out_flat: np.ndarray, inside_flat: np.ndarray | None) -> None:
+                dims: tuple[int, int, int], out_flat: np.ndarray | None, inside_flat: np.ndarray | None) -> None:
     nk, nj, ni = grid.shape
     bk, bj, bi = (int(d) for d in dims)
     kk = start[:, 2, None] + np.arange(bk)[None, :]
@@ -187,15 +187,17 @@ def _draw_batch(grid: SamplingGrid, segs: np.ndarray, start: np.ndarray, stop: n
     e = [w[row] - t * vb[row] for row in range(3)]
     del w
     d = np.sqrt(e[0] * e[0] + e[1] * e[1] + e[2] * e[2])
-    inv = 1.0 / np.maximum(d, 1e-4)
-    sigma = grid.normal_sigma(e[0] * inv, e[1] * inv, e[2] * inv)
-    del e, inv
     r0 = segs[:, 6].astype(np.float32)[:, None, None, None]
     r1 = segs[:, 7].astype(np.float32)[:, None, None, None]
     r = r0 + t * (r1 - r0)
-    occ = slab_occupancy(d, r, sigma)
     flat = ((kk[:, :, None, None] * nj + jj[:, None, :, None]) * ni + ii[:, None, None, :])
-    write = valid & (occ > 0.5 / 255)
-    np.maximum.at(out_flat, flat[write], np.round(occ[write] * 255).astype(np.uint8))
     if inside_flat is not None:
         inside_flat[flat[valid & (d < r)]] = True
+    if out_flat is None:
+        return
+    inv = 1.0 / np.maximum(d, 1e-4)
+    sigma = grid.normal_sigma(e[0] * inv, e[1] * inv, e[2] * inv)
+    del e, inv
+    occ = slab_occupancy(d, r, sigma)
+    write = valid & (occ > 0.5 / 255)
+    np.maximum.at(out_flat, flat[write], np.round(occ[write] * 255).astype(np.uint8))

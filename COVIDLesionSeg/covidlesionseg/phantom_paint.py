@@ -53,7 +53,7 @@ def paint_bone_tubes(grid: SamplingGrid, hu: np.ndarray, segs: np.ndarray, corte
     paint_tubes(grid, hu, inner, marrow_hu, scratch)
 
 
-def _paint_slab(anat: ChestAnatomy, tubes: dict, grid: SamplingGrid, box, hu, lungs, lobes, body_post: float):
+def _paint_slab(anat: ChestAnatomy, grid: SamplingGrid, box, hu, lungs, lobes, excluded, body_post: float):
     x, y, z = (a.ravel() for a in grid.coords(box))
     H = anat.hu
     v = np.full(x.shape, -1000.0, np.float32)
@@ -78,13 +78,13 @@ def _paint_slab(anat: ChestAnatomy, tubes: dict, grid: SamplingGrid, box, hu, lu
     vc[below & (zc > dia - 5.0)] = H["muscle"]
     _paint_abdomen(anat, xc, yc, zc, dia, vc)
     _paint_heart(anat, xc, yc, zc, dia, vc)
-    side = anat.lung_side(xc, yc, zc, tubes["exclusion"], cavity_h=h[cav])
+    side = anat.lung_side(xc, yc, zc, excluded[box].ravel()[cav], cavity_h=h[cav])
     lung = np.nonzero(side)[0]
     if lung.size:
         xl, yl, zl, sl = xc[lung], yc[lung], zc[lung], side[lung]
         grad = np.clip((yl + anat.cav_ba) / (anat.cav_ba + anat.cav_bp), 0.0, 1.0) ** 2
         vl = H["lung"] + H["lung_gradient"] * grad
-        dist, normal = anat.fissure_distance(xl, yl, zl, sl)
+        lobe, dist, normal = anat.lobes_and_fissures(xl, yl, zl, sl)
         near = np.nonzero(dist < 4.0)[0]
         if near.size:
             sig = grid.normal_sigma(normal[0][near], normal[1][near], normal[2][near])
@@ -94,7 +94,7 @@ def _paint_slab(anat: ChestAnatomy, tubes: dict, grid: SamplingGrid, box, hu, lu
         lab = np.zeros(x.shape, np.uint8)
         lab[cav[lung]] = sl
         lungs[box] = lab.reshape(lungs[box].shape)
-        lab[cav[lung]] = anat.lobe(xl, yl, zl, sl)
+        lab[cav[lung]] = lobe
         lobes[box] = lab.reshape(lobes[box].shape)
     v[cav] = vc
     _paint_spine(anat, x, y, z, v)
@@ -122,13 +122,14 @@ def _paint_abdomen(anat: ChestAnatomy, x, y, z, dia, v) -> None:
 
 def _paint_heart(anat: ChestAnatomy, x, y, z, dia, v) -> None:
     H = anat.hu
-    reach = anat.heart_ax.max() + anat.heart_fat + 2.0
-    near = np.nonzero((np.abs(x - anat.heart_c[0]) < reach) & (np.abs(y - anat.heart_c[1]) < reach)
-                      & (np.abs(z - anat.heart_c[2]) < reach) & (z > dia - 2.0))[0]
+    reach = float(anat.heart_ax.max()) + anat.heart_fat + 2.0
+    c = anat.heart_c.tolist()
+    near = np.nonzero((np.abs(x - c[0]) < reach) & (np.abs(y - c[1]) < reach)
+                      & (np.abs(z - c[2]) < reach) & (z > dia - 2.0))[0]
     if near.size == 0:
         return
     q = anat.heart_q(x[near], y[near], z[near])
-    fat_q = 1.0 + anat.heart_fat / anat.heart_ax.min()
+    fat_q = 1.0 + anat.heart_fat / float(anat.heart_ax.min())
     vals = v[near]
     vals[q < fat_q] = H["fat"]
     vals[q < 1.0] = H["myocardium"]
@@ -170,8 +171,8 @@ def _paint_sternum(anat: ChestAnatomy, x, y, z, v) -> None:
     xs, ys, zs = x[near], y[near], z[near]
     y_st = -(anat._cavity_axes(zs)[1] + 0.5 * anat.rib_layer + 1.0)
     t = np.clip((top - zs) / (top - bot), 0.0, 1.0)
-    half_w = np.interp(t, [0.0, 0.1, 0.28, 0.32, 0.82, 1.0], [26.0, 24.0, 16.0, 13.0, 15.0, 5.0])
-    half_t = np.interp(t, [0.0, 0.28, 0.32, 1.0], [8.0, 7.0, 5.5, 4.5])
+    half_w = np.interp(t, [0.0, 0.1, 0.28, 0.32, 0.82, 1.0], [26.0, 24.0, 16.0, 13.0, 15.0, 5.0]).astype(np.float32)
+    half_t = np.interp(t, [0.0, 0.28, 0.32, 1.0], [8.0, 7.0, 5.5, 4.5]).astype(np.float32)
     q = (xs / half_w) ** 2 + ((ys - y_st) / half_t) ** 2
     inside = (q < 1.0) & (zs < top) & (zs > bot)
     shell = q > (1.0 - 1.4 / half_t) ** 2
@@ -187,10 +188,13 @@ def paint_anatomy(anat: ChestAnatomy, tubes: dict, grid: SamplingGrid) -> tuple[
     lobes = np.zeros(grid.shape, np.uint8)
     lo, hi = anat.body_extent()
     body_post = float(hi[1] - 45.0)
-    box = grid.box(lo - [0, 0, 0], hi)
+    excluded = np.zeros(grid.shape, bool)
+    tube_occupancy(grid, tubes["exclusion"], None, inside=excluded)
+    box = grid.box(lo, hi)
     if box is not None:
         for slab in grid.slabs(box):
-            _paint_slab(anat, tubes, grid, slab, hu, lungs, lobes, body_post)
+            _paint_slab(anat, grid, slab, hu, lungs, lobes, excluded, body_post)
+    del excluded
     H = anat.hu
     scratch = np.zeros(grid.shape, np.uint8)
     paint_tubes(grid, hu, tubes["vessels"], H["blood"], scratch)
