@@ -137,7 +137,8 @@ def big_benchmark(root: Path) -> None:
     lungs, seconds = timed(ct)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"resampled CIP chest {ct.shape} at {np.round(ct.spacing, 3).tolist()} mm: {volumes(lungs, ct)}; "
-          f"{seconds:.1f} s; peak RSS {peak_mb:.0f} MB")
+          f"{seconds:.1f} s on {os.cpu_count()} cores (load average {os.getloadavg()[0]:.1f}); "
+          f"peak RSS of this process {peak_mb:.0f} MB")
 
 
 if __name__ == "__main__":

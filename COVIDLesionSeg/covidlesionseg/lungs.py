@@ -2,8 +2,9 @@
 
 The method follows Hu, Hoffman and Reinhardt, "Automatic lung segmentation for accurate quantitation
 of volumetric X-ray CT images", IEEE Trans Med Imaging 20(6):490-498, 2001: threshold air-like voxels
-inside the body, remove the trachea and main bronchi by tracking them down from the neck, separate the
-right and left lungs where they touch at the anterior junction, and smooth the result morphologically.
+inside the body, remove the trachea and main bronchi (region growing with an adaptive threshold from a
+trachea seed), separate the right and left lungs where they touch at the anterior junction, and smooth
+the result morphologically.
 Dense juxtapleural tissue (here: subpleural COVID-19 consolidation) is recovered with a rolling-ball
 closing of the lung surface, as Armato and Sensakovic, "Automated lung segmentation for thoracic CT:
 impact on computer-aided diagnosis", Acad Radiol 11(9):1011-1021, 2004, do for juxtapleural nodules.
@@ -15,11 +16,18 @@ closest to axial, found from the direction cosines, and patient right/left comes
 coordinate, never from array order.
 
 Trade-off of the closing radius (``CLOSING_RADIUS_MM``): a ball of that radius rolling outside the
-aerated lung fills dents narrower than about twice the radius (subpleural consolidation bulges,
-vessels entering at the hilum) but not a pleural effusion, which pushes the lung away and leaves its
-surface convex, nor the mediastinum, whose impression is far wider than the ball.  A consolidation
-wider than about two radii along the pleura is only partly recovered; the lesion engine finds it and
-``include_lesions`` then extends the lungs.
+aerated lung fills dents narrower than about twice the radius (subpleural consolidation bulges) but not
+a pleural effusion, which pushes the lung away and leaves its surface convex, nor the heart's
+impression, far wider than the ball.  Only dents lying toward the body surface from the lung around
+them are kept, so the hilum and mediastinum are not filled.  A consolidation wider than about two radii
+along the pleura is only partly recovered: the lesion engine finds it and ``include_lesions`` then
+extends the lungs.  Larger radii fill more consolidation and more of the hilum's corners.
+
+Also handled: a lung divided by dense consolidation (aerated fragments near the lungs join them), bowel
+and stomach gas (too close to pure air to be lung, even touching it), a diaphragm dome ringed by the lung
+base in axial slices (not filled), lungs cut by a narrow field of view (a second pass keeps lung-like air
+at the image border), one slice (2D), any direction matrix.  Not handled: aerated lung whose median is
+within 50 HU of pure air (extreme emphysema) is taken for gas.
 """
 
 from __future__ import annotations
@@ -37,24 +45,32 @@ from covidlesionseg.io import InputError, Volume
 AIR_HU = -400.0  # aerated lung and air lie below this
 PADDING_HU = -1500.0  # scanner padding outside the reconstruction circle (-2048, -3024, ...)
 LUNG_MEDIAN_ABOVE_AIR_HU = 50.0  # aerated lung's median HU lies this far above pure air; bowel gas does not
-CLOSING_RADIUS_MM = 10.0  # rolling-ball radius for subpleural consolidation (see the module docstring)
+PURE_GAS_MARGIN_HU, MAX_GAS_FRACTION = 30.0, 0.15  # lung holds few voxels this close to pure air (gas does)
+CLOSING_RADIUS_MM = 25.0  # rolling-ball radius for subpleural consolidation (see the module docstring)
 CLOSING_GRID_MM = 2.0  # the closing and the right/left split run on blocks of about this size
 SPLIT_GRID_MM = 2.5
+DOME_RADIUS_MM, DOME_GRID_MM = 8.0, 4.0  # holes reached by outside thicker than this ball: a dome's top
 MIN_LUNG_ML = 0.5  # less aerated lung than this inside the body: look for lung cut by the field of view
 MAX_ADDED_HU = 150.0  # the closing adds soft tissue and fluid, never bone or contrast-filled vessels
 SECOND_LUNG_MIN_FRACTION = 0.05  # a second component smaller than this share of the first is not a lung
+FRAGMENT_GAP_MM = 20.0  # more aerated lung this close to the lungs (consolidation between) is lung too ...
+FRAGMENT_MIN_ML, FRAGMENT_MIN_FRACTION = 1.0, 0.02  # ... when at least this large (mL, share of the first)
 # Trachea and main bronchi: a dark, roughly midline, tube-sized cross-section in the upper slices.
 AIRWAY_AREA_MM2 = (30.0, 1000.0)
 TRACHEA_MIDLINE_MM = 25.0
 TRACHEA_SEARCH_MM = 40.0
+AIRWAY_START_ABOVE_AIR_HU = 60.0  # the first growing threshold: the lumen's air with its noise
 AIRWAY_STEP_HU = 20.0
+AIRWAY_MAX_ML = 300.0  # trachea and bronchi never hold more air than this
 AIRWAY_LEAK_RATIO = 2.0  # the grown airway more than doubles in one step ...
-AIRWAY_LEAK_ML = 20.0  # ... by more than this: it has leaked into the lung
+AIRWAY_LEAK_ML = 20.0  # ... to more than this: it has leaked into the lung
 # Right/left separation: erode by these radii until a core appears on each side of the midline.
 SPLIT_RADII_MM = (2.0, 4.0, 6.0, 8.0, 10.0, 13.0, 16.0, 20.0, 25.0)
 SPLIT_SIDE_MIN_FRACTION = 0.1
 BILATERAL_MIN_FRACTION = 0.1  # a component with this share on each side of the midline holds both lungs
 PLANE_CUT_MIN_FRACTION = 0.25
+NEAREST_SEARCH_MM = 20.0  # include_lesions looks this far around the lesions for the nearest lung first
+NEAREST_EXACT_VOXELS, NEAREST_GRID_MM = 8_000_000, 2.0  # larger searches run on ~2 mm blocks
 
 _PLANE = np.zeros((3, 3, 3), bool)  # 4-connectivity within a slice of axis 0, none across slices
 _PLANE[1] = ndi.generate_binary_structure(2, 1)
@@ -88,9 +104,6 @@ class _Frame:
         """LPS x (mm) of canonical indices, shape (..., 3)."""
         return self.x_origin + np.asarray(indices, float) @ self.x_step
 
-    def top_down(self, n_slices: int) -> range:
-        return range(n_slices - 1, -1, -1) if self.superior_last else range(n_slices)
-
 
 # --- small helpers -----------------------------------------------------------------------------------
 def _distance_to(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
@@ -114,14 +127,14 @@ def _grid(spacing: np.ndarray, shape: tuple[int, ...], target_mm: float) -> np.n
     return np.minimum(np.maximum(1, np.floor(target_mm / spacing)).astype(int), shape)
 
 
-def _downsample(mask: np.ndarray, block: np.ndarray) -> np.ndarray:
-    """True where at least half of a block is True."""
-    if (block == 1).all():
-        return mask.copy()
-    padded = np.pad(mask, [(0, (-n) % b) for n, b in zip(mask.shape, block)])
-    s = [n // b for n, b in zip(padded.shape, block)]
-    blocks = padded.reshape(s[0], block[0], s[1], block[1], s[2], block[2])
-    return blocks.sum(axis=(1, 3, 5), dtype=np.int32) * 2 >= int(block.prod())
+def _downsample(mask: np.ndarray, block: np.ndarray, any_voxel: bool = False) -> np.ndarray:
+    """One cell per block: True where at least half (with ``any_voxel``: any) of the block is True."""
+    counts = np.pad(mask, [(0, (-n) % b) for n, b in zip(mask.shape, block)]).view(np.uint8)
+    for axis, b in enumerate(block):  # one axis at a time: contiguous, cache-friendly sums
+        if b > 1:
+            shape = counts.shape
+            counts = counts.reshape(*shape[:axis], shape[axis] // b, b, *shape[axis + 1:]).sum(axis + 1, np.uint16)
+    return counts > 0 if any_voxel else counts.astype(np.int32) * 2 >= int(np.prod(block))
 
 
 def _upsample(coarse: np.ndarray, block: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -165,11 +178,6 @@ def _closing(mask: np.ndarray, radius_mm: float, spacing: np.ndarray) -> np.ndar
     return closed[pad[0]:-pad[0], pad[1]:-pad[1], pad[2]:-pad[2]] | mask
 
 
-def _component_x(frame: _Frame, lab: np.ndarray, ids: np.ndarray, offset: np.ndarray) -> np.ndarray:
-    centres = np.atleast_2d(np.array(ndi.center_of_mass(lab > 0, lab, ids), float))
-    return frame.x_of(centres + offset)
-
-
 # --- stages ------------------------------------------------------------------------------------------
 def _air_reference(hu: np.ndarray, air: np.ndarray, padding: np.ndarray) -> float:
     """HU of pure air in this scan (about -1000; clipped to a plausible calibration range)."""
@@ -195,7 +203,8 @@ def _trachea_seed(cand: np.ndarray, hu: np.ndarray, frame: _Frame, offset: np.nd
     """The darkest voxel of the trachea: a dark, tube-sized air cross-section within
     ``TRACHEA_MIDLINE_MM`` of the midline in the upper ``TRACHEA_SEARCH_MM`` of the air."""
     pixel_mm2 = float(frame.spacing[1] * frame.spacing[2])
-    occupied = [s for s in frame.top_down(cand.shape[0]) if cand[s].any()]
+    order = range(cand.shape[0] - 1, -1, -1) if frame.superior_last else range(cand.shape[0])
+    occupied = [s for s in order if cand[s].any()]
     for rank, s in enumerate(occupied):
         if rank * frame.spacing[0] > TRACHEA_SEARCH_MM:
             break
@@ -204,7 +213,7 @@ def _trachea_seed(cand: np.ndarray, hu: np.ndarray, frame: _Frame, offset: np.nd
             continue
         ids = np.arange(1, n + 1)
         area = np.bincount(lab.ravel(), minlength=n + 1)[1:] * pixel_mm2
-        xs = _component_x(frame, lab[None], ids, offset + [s, 0, 0])
+        xs = frame.x_of(np.atleast_2d(ndi.center_of_mass(lab > 0, lab, ids)) @ np.eye(2, 3, 1) + offset + [s, 0, 0])
         darkest = np.asarray(ndi.minimum(hu[s], lab, ids))
         ok = ((area >= AIRWAY_AREA_MM2[0]) & (area <= AIRWAY_AREA_MM2[1]) & (np.abs(xs - mid_x) <= TRACHEA_MIDLINE_MM)
               & (darkest <= air_ref + LUNG_MEDIAN_ABOVE_AIR_HU))
@@ -227,12 +236,14 @@ def _large_airways(cand: np.ndarray, hu: np.ndarray, frame: _Frame, offset: np.n
     image = sitk.GetImageFromArray(np.where(cand, hu, np.float32(0.0)).astype(np.float32, copy=False))
     seed_xyz = [tuple(int(v) for v in seed[::-1])]
     grown: list[np.ndarray] = []
-    for threshold in np.arange(hu[seed] + AIRWAY_STEP_HU, AIR_HU, AIRWAY_STEP_HU):
+    start = max(air_ref, float(hu[seed])) + AIRWAY_START_ABOVE_AIR_HU  # above the noise of the lumen's air
+    for threshold in np.arange(start, AIR_HU, AIRWAY_STEP_HU):
         region = sitk.GetArrayFromImage(sitk.ConnectedThreshold(image, seed_xyz, -1e9, float(threshold))) > 0
-        if grown:
-            before, now = np.count_nonzero(grown[-1]), np.count_nonzero(region)
-            if now > AIRWAY_LEAK_RATIO * before and (now - before) * voxel_ml > AIRWAY_LEAK_ML:
-                break  # leaked into the lung
+        now = np.count_nonzero(region)
+        if not grown and now * voxel_ml > AIRWAY_MAX_ML:
+            return np.zeros_like(cand)  # in the lung from the start (emphysema): no safe airway region
+        if grown and now > AIRWAY_LEAK_RATIO * np.count_nonzero(grown[-1]) and now * voxel_ml > AIRWAY_LEAK_ML:
+            break  # leaked into the lung
         grown = [*grown[-1:], region]
     else:
         return grown[-1] if grown else np.zeros_like(cand)  # never leaked: an airway apart from the lungs
@@ -240,23 +251,43 @@ def _large_airways(cand: np.ndarray, hu: np.ndarray, frame: _Frame, offset: np.n
     return ndi.binary_dilation(airway, _PLANE) & cand  # with the wall's partial-volume rim
 
 
-def _lung_components(mask: np.ndarray, hu: np.ndarray, air_ref: float, voxel_ml: float) -> tuple[np.ndarray, float]:
-    """The largest lung-like component and the second one if it is a plausible second lung, with the
-    volume (mL) of lung-like air found.  Lung-like: median HU clearly above pure air (aerated parenchyma,
-    not bowel or stomach gas)."""
+def _lung_components(mask: np.ndarray, hu: np.ndarray, air_ref: float, spacing: np.ndarray,
+                     voxel_ml: float) -> tuple[np.ndarray, float]:
+    """The largest lung-like component, the second one if it is a plausible second lung, and fragments of
+    a lung divided by dense consolidation (near them and within their cranio-caudal extent); with the
+    volume (mL) found.  Lung-like: median HU clearly above pure air (aerated parenchyma, not bowel or
+    stomach gas); the second lung and fragments must moreover hold little pure gas (a gas bubble's
+    partial-volume rim can lift its median)."""
     lab, n = ndi.label(mask)
-    if n == 0:
-        return np.zeros_like(mask), 0.0
     volume = np.bincount(lab.ravel(), minlength=n + 1)
     volume[0] = 0
-    order = np.argsort(volume)[::-1][: min(n, 12)]
     boxes = ndi.find_objects(lab)
-    lung_like = [int(i) for i in order if volume[i] and np.median(hu[boxes[i - 1]][lab[boxes[i - 1]] == i])
-                 > air_ref + LUNG_MEDIAN_ABOVE_AIR_HU]
-    chosen = lung_like or [int(order[0])]  # nothing lung-like (e.g. severe emphysema): the largest air
-    keep = [chosen[0]] + [i for i in chosen[1:2] if volume[i] >= SECOND_LUNG_MIN_FRACTION * volume[chosen[0]]]
-    found = float(volume[keep].sum() * voxel_ml) if lung_like else 0.0
-    return _select(lab, np.array(keep)), found
+    lung_like, gas = [], {}
+    for i in np.argsort(volume)[::-1][: min(n, 24)]:
+        values = hu[boxes[i - 1]][lab[boxes[i - 1]] == i]
+        if np.median(values) > air_ref + LUNG_MEDIAN_ABOVE_AIR_HU:
+            lung_like.append(int(i))
+            gas[int(i)] = float(np.mean(values < air_ref + PURE_GAS_MARGIN_HU))
+    if not lung_like:  # only gas (bowel, stomach): no lung here
+        return np.zeros_like(mask), 0.0
+    first = lung_like[0]
+    gas_limit = max(MAX_GAS_FRACTION, 1.5 * gas[first])
+    keep = [first] + [i for i in lung_like[1:2]
+                      if volume[i] >= SECOND_LUNG_MIN_FRACTION * volume[first] and gas[i] <= gas_limit]
+    kept = _select(lab, np.array(keep))
+    extent = np.flatnonzero(kept.any(axis=(1, 2)))[[0, -1]]
+    gap = np.ceil(FRAGMENT_GAP_MM / spacing).astype(int)
+    for i in lung_like[1:]:
+        box = boxes[i - 1]
+        if i in keep or gas[i] > gas_limit or volume[i] * voxel_ml < max(
+                FRAGMENT_MIN_ML, FRAGMENT_MIN_FRACTION * volume[first] * voxel_ml) or not (
+                extent[0] <= (box[0].start + box[0].stop - 1) / 2 <= extent[1]):
+            continue
+        near = tuple(slice(max(0, b.start - g), b.stop + g) for b, g in zip(box, gap))
+        if kept[near].any() and _distance_to(kept[near], spacing)[lab[near] == i].min() <= FRAGMENT_GAP_MM:
+            kept[lab == i] = True
+            keep.append(i)
+    return kept, float(volume[keep].sum() * voxel_ml)
 
 
 def _x_map(frame: _Frame, shape: tuple[int, ...], origin: np.ndarray, step: np.ndarray | None = None) -> np.ndarray:
@@ -349,17 +380,35 @@ class _Depth:
 def _outward(dents: np.ndarray, lung: np.ndarray, depth: np.ndarray) -> np.ndarray:
     """The dents lying toward the body surface from the lung around them (subpleural consolidation),
     not those deeper than it (the hilum, the mediastinum)."""
-    lab, n = ndi.label(dents)
+    lab, n = ndi.label(dents, _PLANE)  # decided slice by slice, so one far-reaching dent cannot outvote another
     if n == 0:
         return dents
     ids = np.arange(1, n + 1)
-    ring = ndi.grey_dilation(lab, size=(3, 3, 3)) * lung
+    ring = ndi.grey_dilation(lab, size=(1, 3, 3)) * lung
 
-    def mean_depth(where: np.ndarray) -> np.ndarray:
+    def mean_depth(where: np.ndarray) -> np.ndarray:  # NaN where a dent has no lung beside it in its slice
         total = np.bincount(where.ravel(), weights=depth.ravel().astype(float), minlength=n + 1)[1:]
-        return total / np.maximum(np.bincount(where.ravel(), minlength=n + 1)[1:], 1)
+        count = np.bincount(where.ravel(), minlength=n + 1)[1:]
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
-    return _select(lab, ids[mean_depth(lab) <= mean_depth(ring)])
+    return _select(lab, ids[~(mean_depth(lab) > mean_depth(ring))])
+
+
+def _fill_in_slices(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """Fill the holes of each slice (vessels, airways, enclosed lesions) except those reached, in 3D, by a
+    thick part of the outside: the top of a diaphragm dome, ringed by the lung base in axial slices."""
+    filled = _fill_holes(mask, per_slice=True)
+    holes, count = ndi.label(filled & ~mask, _PLANE)
+    if count == 0:
+        return filled
+    block = _grid(spacing, mask.shape, DOME_GRID_MM)
+    coarse = np.pad(_downsample(mask, block), 1)  # a border of outside, also above and below
+    core = _distance_to(coarse, spacing * block) > DOME_RADIUS_MM
+    thick, _ = ndi.label(_distance_to(core, spacing * block) <= DOME_RADIUS_MM)
+    outside = np.pad(~_downsample(filled, block), 1, constant_values=True)
+    open_thick = _select(thick, np.unique(thick[outside]))[1:-1, 1:-1, 1:-1]
+    reached = np.unique(holes[_upsample(open_thick, block, mask.shape)])
+    return filled & ~_select(holes, reached)
 
 
 def _refine(mask: np.ndarray, allowed: np.ndarray, spacing: np.ndarray, depth: _Depth,
@@ -367,22 +416,14 @@ def _refine(mask: np.ndarray, allowed: np.ndarray, spacing: np.ndarray, depth: _
     """Fill vessels and airways (holes in each slice), roll a ball over the surface for subpleural
     consolidation (only outward dents, only soft tissue or fluid), then fill cavities closed in 3D.  The
     closing runs on ~``CLOSING_GRID_MM`` blocks and adds only the blocks it fills, never a rim."""
-    mask = _fill_holes(mask, per_slice=True)
+    mask = _fill_in_slices(mask, spacing)
     block = _grid(spacing, mask.shape, CLOSING_GRID_MM)
     coarse = _downsample(mask, block)
     dents = _closing(coarse, CLOSING_RADIUS_MM, spacing * block) & ~coarse
     dents = _outward(dents, coarse, depth.sample(origin, block, coarse.shape))
     mask |= _upsample(dents, block, mask.shape) & allowed
-    mask |= _fill_holes(mask, per_slice=True) & allowed
+    mask |= _fill_in_slices(mask, spacing) & allowed
     return _fill_holes(mask, per_slice=False)
-
-
-def _candidates(hu: np.ndarray, air_ref: float, keep_lung_like: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(air inside the body, the body with whatever lies in it) in canonical order."""
-    padding = hu < PADDING_HU
-    air = hu < AIR_HU
-    inside = ~_outside_air(hu, air, padding, air_ref, keep_lung_like) & ~padding
-    return air & inside, inside
 
 
 # --- public API --------------------------------------------------------------------------------------
@@ -401,7 +442,9 @@ def segment_lungs(ct: Volume, control: RunControl | None = None) -> np.ndarray:
     margin = np.ceil(CLOSING_RADIUS_MM / frame.spacing).astype(int) + 1
     lung = None
     for keep_lung_like in (False, True):  # second pass: lungs cut by a narrow field of view
-        cand, inside = _candidates(hu_full, air_ref, keep_lung_like)
+        inside = ~_outside_air(hu_full, hu_full < AIR_HU, hu_full < PADDING_HU, air_ref, keep_lung_like)
+        inside &= hu_full >= PADDING_HU
+        cand = inside & (hu_full < AIR_HU)
         if not cand.any():
             continue
         mid_x = _body_mid_x(frame, inside, np.zeros(3))
@@ -412,7 +455,7 @@ def segment_lungs(ct: Volume, control: RunControl | None = None) -> np.ndarray:
         control.check()
         control.report(0.15, "trachea and main bronchi")
         airway = _large_airways(cand, hu, frame, offset, mid_x, air_ref, ct.voxel_ml)
-        lung, found_ml = _lung_components(cand & ~airway, hu, air_ref, ct.voxel_ml)
+        lung, found_ml = _lung_components(cand & ~airway, hu, air_ref, frame.spacing, ct.voxel_ml)
         if found_ml >= MIN_LUNG_ML:
             break
     if lung is None or not lung.any():
@@ -479,7 +522,8 @@ def include_lesions(lungs: np.ndarray, lesions: np.ndarray, ct: Volume) -> tuple
     lesion = np.asarray(lesions) > 0
     if lungs.shape != ct.shape or lesion.shape != ct.shape:
         raise InputError(f"lungs {lungs.shape} and lesions {lesion.shape} must lie on the CT grid {ct.shape}")
-    out = lungs.astype(np.uint8, copy=True)
+    lungs = lungs.astype(np.uint8, copy=False)
+    out = lungs.copy()
     outside = lesion & (out == 0)
     count = int(np.count_nonzero(outside))
     if count == 0:
@@ -487,13 +531,42 @@ def include_lesions(lungs: np.ndarray, lesions: np.ndarray, ct: Volume) -> tuple
     if not out.any():
         out[outside] = split_right_left(outside, ct)[outside]
         return out, count * ct.voxel_ml
-    margin = np.ceil(20.0 / np.asarray(ct.spacing_zyx)).astype(int) + 1
-    box = _bbox(outside, margin)
-    if not out[box].any():
-        box = _bbox(outside | (out > 0))
-    region = out[box]
-    nearest = ndi.distance_transform_edt(region == 0, sampling=ct.spacing_zyx, return_distances=False,
-                                         return_indices=True)
-    chosen = outside[box]
-    region[chosen] = region[tuple(index[chosen] for index in nearest)]
+    spacing = np.asarray(ct.spacing_zyx)
+    margin = np.ceil(NEAREST_SEARCH_MM / spacing).astype(int) + 1
+    parts, _ = ndi.label(outside, np.ones((3, 3, 3), bool))
+
+    def around(box: tuple[slice, ...]) -> tuple[slice, ...]:
+        return tuple(slice(max(0, b.start - m), min(size, b.stop + m)) for b, m, size in zip(box, margin, out.shape))
+
+    # each group of lesion voxels outside the lungs looks around itself, unless one look at all costs less
+    boxes = ndi.find_objects(parts)
+    cost = sum(int(np.prod([b.stop - b.start for b in around(box)])) for box in boxes)
+    whole = around(_bbox(outside))
+    groups = enumerate(boxes, start=1) if cost < np.prod([b.stop - b.start for b in whole]) else [(None, whole)]
+    for i, box in groups:
+        near = around(box)
+        chosen = outside[near] if i is None else parts[near] == i
+        side, distance = _nearest_side(lungs[near], chosen, spacing)
+        if distance > NEAREST_SEARCH_MM:  # no lung near enough in that box: search around every lung voxel
+            near = _bbox((parts == i if i is not None else outside) | (lungs > 0))
+            chosen = outside[near] if i is None else parts[near] == i
+            side, _ = _nearest_side(lungs[near], chosen, spacing)
+        out[near][chosen] = side
     return out, count * ct.voxel_ml
+
+
+def _nearest_side(region: np.ndarray, chosen: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, float]:
+    """The label of the nearest labelled voxel (mm) for each ``chosen`` voxel, and the largest such distance.
+    Large regions are measured on ~``NEAREST_GRID_MM`` blocks (each labelled block counts, at its centre)."""
+    sides = [int(v) for v in np.flatnonzero(np.bincount(region.ravel())) if v]
+    if not sides:
+        return np.zeros(np.count_nonzero(chosen), np.uint8), np.inf
+    block = _grid(spacing, region.shape, NEAREST_GRID_MM) if region.size > NEAREST_EXACT_VOXELS else np.ones(3, int)
+    where = tuple(index // b for index, b in zip(np.nonzero(chosen), block))
+    distances = []
+    for v in sides:
+        own = _downsample(region == v, block, any_voxel=True)  # any labelled voxel makes its block labelled
+        distances.append(_distance_to(own, spacing * block)[where])
+    distances = np.stack(distances)
+    return np.asarray(sides, np.uint8)[np.argmin(distances, axis=0)], float(distances.min(axis=0).max())
+

@@ -69,9 +69,9 @@ class ChestAnatomy:
         self.vb_rx = u(17.0, 21.0)
         self.vb_ry = u(14.0, 17.0)
         self.vb_y = self.cav_bp - 0.35 * self.vb_ry
-        # Trachea and bronchi (lumen radius, wall).
+        # Trachea: lumen radius and antero-posterior position (in front of the oesophagus and spine).
         self.trachea_r = u(7.5, 9.5) * self.size
-        self.trachea_y = self.vb_y - self.vb_ry - 26.0
+        self.trachea_y = self.vb_y - self.vb_ry - 30.0
         # Heart: centre, semi-axes, long-axis angle toward the patient's left and anterior.
         self.heart_c = np.array([u(22.0, 36.0), -0.22 * self.cav_ba, self.z_dome_l + u(58.0, 70.0)])
         self.heart_ax = np.array([u(58.0, 68.0), u(38.0, 45.0), u(42.0, 50.0)]) * self.size
@@ -82,11 +82,12 @@ class ChestAnatomy:
         second /= np.linalg.norm(second)
         self.heart_rot = np.stack([long_axis, second, np.cross(long_axis, second)])  # rows: axes
         self.heart_fat = u(3.0, 8.0)
-        # Mediastinal column half-width profile (z, w) and centre.
+        # Mediastinal column: half-width (mm) next to the spine and behind the sternum, by level (z, w_post, w_ant).
         self.col_x = u(-2.0, 6.0)
-        zs = [self.z_apex + 60, self.z_apex - 20, 35.0, 0.0, -40.0, self.z_dome_r - 40]
-        ws = [u(14, 20), u(12, 17), u(16, 22), u(22, 28), u(18, 24), u(14, 20)]
-        self.col_profile = (np.array(zs[::-1]), np.array(ws[::-1]))
+        zs = [self.z_dome_r - 40, -60.0, -25.0, 10.0, 40.0, self.z_apex - 20, self.z_apex + 60]
+        w_post = [u(12, 16), u(15, 20), u(20, 26), u(22, 28), u(16, 21), u(13, 17), u(15, 20)]
+        w_ant = [u(3, 6), u(3, 6), u(4, 8), u(6, 10), u(5, 9), u(4, 7), u(10, 16)]
+        self.col_profile = (np.array(zs), np.array(w_post), np.array(w_ant))
         # Apices: dome centre per side (x offsets), curvature.
         self.apex_x = u(48.0, 60.0) * self.size
         self.apex_y = u(5.0, 20.0)
@@ -97,7 +98,7 @@ class ChestAnatomy:
             "fat": u(-115.0, -85.0), "muscle": u(38.0, 55.0), "skin": u(20.0, 40.0), "blood": u(34.0, 46.0),
             "myocardium": u(42.0, 52.0), "liver": u(52.0, 66.0), "spleen": u(42.0, 50.0), "fluid": u(5.0, 20.0),
             "cortex": u(750.0, 1100.0), "marrow": u(140.0, 300.0), "cartilage": u(90.0, 180.0), "disc": u(70.0, 95.0),
-            "csf": u(5.0, 20.0), "lung": u(-885.0, -850.0), "lung_gradient": u(25.0, 80.0), "fissure": u(-150.0, -50.0),
+            "csf": u(5.0, 20.0), "lung": u(-885.0, -850.0), "lung_gradient": u(20.0, 60.0), "fissure": u(-150.0, -50.0),
             "airway_wall": u(-80.0, 40.0), "abdomen": u(-40.0, 20.0),
         }
         self.fissure_half = u(0.2, 0.4)
@@ -119,9 +120,9 @@ class ChestAnatomy:
             return {"z0": z_ant - slope * y_ant, "sy": slope, "cyy": u(-0.0015, 0.0015), "sx": u(-0.12, 0.12),
                     "waves": waves()}
 
-        self.fis_r_obl = oblique(u(15.0, 35.0) * self.height, self.z_dome_r + u(0.0, 15.0), -u(0.25, 0.5) * self.cav_ba)
-        self.fis_l_obl = oblique(u(30.0, 50.0) * self.height, self.z_dome_l + u(0.0, 15.0), -u(0.1, 0.35) * self.cav_ba)
-        self.fis_r_hor = {"z0": -u(28.0, 45.0) * self.height, "sy": u(-0.12, 0.05), "cyy": 0.0, "sx": u(-0.08, 0.08),
+        self.fis_r_obl = oblique(u(35.0, 55.0) * self.height, self.z_dome_r + u(0.0, 10.0), -u(0.5, 0.75) * self.cav_ba)
+        self.fis_l_obl = oblique(u(45.0, 65.0) * self.height, self.z_dome_l + u(0.0, 10.0), -u(0.45, 0.7) * self.cav_ba)
+        self.fis_r_hor = {"z0": -u(45.0, 65.0) * self.height, "sy": u(-0.12, 0.05), "cyy": 0.0, "sx": u(-0.08, 0.08),
                           "waves": waves()}
 
     @staticmethod
@@ -178,25 +179,46 @@ class ChestAnatomy:
         return out, dist, normal
 
     # --- chest wall and cavity -------------------------------------------------------------------
+    _AXES_Z0, _AXES_STEP, _AXES_N = -700.0, 0.25, 5600
+
+    def _axes_table(self) -> np.ndarray:
+        """Cavity semi-axes (a, ba, bp) tabulated every 0.25 mm of height: the chest narrows toward the apex."""
+        if getattr(self, "_table", None) is None:
+            z = self._AXES_Z0 + self._AXES_STEP * np.arange(self._AXES_N)
+            base = self.z_dome_l
+            top = np.clip((z - base) / (self.z_apex - base), 0.0, 1.15) ** 2.5
+            low = np.clip((base - 40.0 - z) / 120.0, 0.0, 1.0)
+            a = self.cav_a * (1.0 - 0.55 * top) * (1.0 - 0.06 * low)
+            self._table = np.stack([a, self.cav_ba * (1.0 - 0.25 * top), np.full_like(a, self.cav_bp)]).astype(
+                np.float32)
+        return self._table
+
     def _cavity_axes(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        base = self.z_dome_l
-        top = np.clip((z - base) / (self.z_apex - base), 0.0, 1.15) ** 2.5
-        low = np.clip((base - 40.0 - z) / 120.0, 0.0, 1.0)
-        a = self.cav_a * (1.0 - 0.55 * top) * (1.0 - 0.06 * low)
-        return a, self.cav_ba * (1.0 - 0.25 * top), np.full_like(a, self.cav_bp)
+        idx = ((np.asarray(z, np.float32) - np.float32(self._AXES_Z0)) * np.float32(1.0 / self._AXES_STEP)).astype(
+            np.int32)
+        np.clip(idx, 0, self._AXES_N - 1, out=idx)
+        table = self._axes_table()
+        return table[0][idx], table[1][idx], table[2][idx]
 
     def cavity_height(self, x: np.ndarray, y: np.ndarray, z: np.ndarray):
         """Radial height (mm) of points above the inner chest-wall surface (negative inside) and the direction
         cosines (cx, cy) of the point around the chest centre (cy > 0 posterior)."""
         a, ba, bp = self._cavity_axes(z)
         u = x / a
+        u *= u
         v = y / np.where(y < 0, ba, bp)
-        uu, vv = u * u, v * v
-        s = uu + vv
-        rho = np.sqrt(np.maximum(s - self.boxiness * uu * vv / np.maximum(s, 1e-12), 1e-12))
+        v *= v
+        s = u + v
+        u *= v
+        u *= np.float32(-self.boxiness)
+        u /= np.maximum(s, np.float32(1e-12))
+        u += s
+        np.maximum(u, np.float32(1e-12), out=u)
+        rho = np.sqrt(u, out=u)
         r = np.sqrt(x * x + y * y)
-        h = r - r / rho
-        inv = 1.0 / np.maximum(r, 1e-6)
+        h = r / rho
+        np.subtract(r, h, out=h)
+        inv = 1.0 / np.maximum(r, np.float32(1e-6))
         return h, x * inv, y * inv
 
     def cavity_radius(self, cx: np.ndarray, cy: np.ndarray, z: np.ndarray) -> np.ndarray:
@@ -208,10 +230,12 @@ class ChestAnatomy:
         """Muscle and subcutaneous fat thickness (mm) outside the rib layer, by direction and level."""
         ant = np.maximum(-cy, 0.0)
         post = np.maximum(cy, 0.0)
+        post2 = post * post
         upper = np.clip((z + 60.0) / 140.0, 0.0, 1.0)
         shoulder = np.clip((z - self.z_apex + 50.0) / 60.0, 0.0, 1.0)
-        muscle = (self.muscle_lat + self.muscle_ant * ant * upper + self.muscle_post * post**6
-                  + 25.0 * shoulder * (cx * cx) + 12.0 * post**2)
+        scap = np.clip((z - self.z_t1 + 170.0) / 60.0, 0.0, 1.0) * np.clip(1.0 - 4.0 * (cy - 0.65) ** 2, 0.0, 1.0)
+        muscle = (self.muscle_lat + self.muscle_ant * ant * upper + self.muscle_post * post2 * post2 * post2
+                  + 25.0 * shoulder * (cx * cx) + 12.0 * post2 + 14.0 * scap)
         fat = self.fat + self.fat_extra * (0.6 * ant + 0.4 * cx * cx) + 0.3 * self.fat_extra * post
         return muscle, fat
 
@@ -221,7 +245,6 @@ class ChestAnatomy:
         zs = np.linspace(self.lung_zmin() - 60, self.z_apex + 60, 25)
         t, zz = np.meshgrid(th, zs)
         cx, cy, zz = np.sin(t).ravel(), np.cos(t).ravel(), zz.ravel()
-        a, ba, bp = self._cavity_axes(zz)
         radius = self.cavity_radius(cx, cy, zz)
         muscle, fat = self.wall_thickness(cx, cy, zz)
         rr = radius + self.rib_layer + muscle + fat
@@ -229,7 +252,8 @@ class ChestAnatomy:
         return (np.array([px.min(), py.min(), zs.min()]), np.array([px.max(), py.max() + 45.0, zs.max()]))
 
     def lung_zmin(self) -> float:
-        return min(self.z_dome_r, self.z_dome_l) - 2.2 * self.dome_drop - 8.0
+        """Lowest level a lung can reach (the posterior costophrenic recesses)."""
+        return min(self.z_dome_r, self.z_dome_l) - 2.2 * self.dome_drop - 12.0
 
     # --- diaphragm, apices, mediastinum ---------------------------------------------------------------
     def diaphragm_z(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -246,11 +270,14 @@ class ChestAnatomy:
         return self.z_apex - self.apex_k * ((x - xa) ** 2 + 0.8 * (y - self.apex_y) ** 2)
 
     def column_half_width(self, y: np.ndarray, z: np.ndarray) -> np.ndarray:
-        zs, ws = self.col_profile
-        w = np.interp(z, zs, ws).astype(np.float32)
-        mid = 0.5 * (-self.cav_ba + self.vb_y - self.vb_ry)
-        half = 0.5 * (self.vb_y - self.vb_ry + self.cav_ba)
-        return w * (1.0 - 0.55 * np.clip(((y - mid) / half) ** 2, 0.0, 1.0))
+        """Half-width of the mediastinum between the lungs: wide in front of the spine (oesophagus, aorta,
+        azygos), narrow behind the sternum (the anterior junction of the lungs)."""
+        zs, w_post, w_ant = self.col_profile
+        wp = np.interp(z, zs, w_post).astype(np.float32)
+        wa = np.interp(z, zs, w_ant).astype(np.float32)
+        front, back = -self.cav_ba, self.vb_y - self.vb_ry
+        f = np.clip((y - front) / (back - front), 0.0, 1.0)
+        return wa + (wp - wa) * f * np.sqrt(f)
 
     def heart_q(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
         """Normalised ellipsoid radius of the heart (1 on its surface)."""
@@ -263,8 +290,10 @@ class ChestAnatomy:
         return np.sqrt(q)
 
     def spine_exclusion(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Vertebral body and the paravertebral region (rib heads and necks) that the lungs wrap around."""
         body = (x / (self.vb_rx + 6.0)) ** 2 + ((y - self.vb_y) / (self.vb_ry + 6.0)) ** 2 < 1.0
-        return body | ((np.abs(x) < self.vb_rx + 22.0) & (y > self.vb_y - 4.0))
+        back = (x / (self.vb_rx + 20.0)) ** 2 + ((y - self.vb_y - 25.0) / (self.vb_ry + 29.0)) ** 2 < 1.0
+        return body | back
 
     def lung_side(self, x: np.ndarray, y: np.ndarray, z: np.ndarray, excluded: np.ndarray,
                   cavity_h: np.ndarray | None = None) -> np.ndarray:
@@ -292,8 +321,9 @@ class ChestAnatomy:
     def summary(self) -> dict:
         """JSON-serialisable summary of the drawn anatomy."""
         return {
-            "size_scale": round(self.size, 4), "depth_scale": round(self.depth, 4), "height_scale": round(self.height, 4),
+            "size_scale": round(self.size, 4), "depth_scale": round(self.depth, 4),
+            "height_scale": round(self.height, 4),
             "apex_z_mm": round(self.z_apex, 2), "right_dome_z_mm": round(self.z_dome_r, 2),
-            "left_dome_z_mm": round(self.z_dome_l, 2), "heart_centre_mm": [round(v, 2) for v in self.heart_c],
+            "left_dome_z_mm": round(self.z_dome_l, 2), "heart_centre_mm": [round(float(v), 2) for v in self.heart_c],
             "table": self.table, "hu": {k: round(v, 1) for k, v in self.hu.items()},
         }

@@ -186,6 +186,7 @@ def _draw_batch(grid: SamplingGrid, segs: np.ndarray, start: np.ndarray, stop: n
     np.clip(t, 0.0, 1.0, out=t)
     e = [w[row] - t * vb[row] for row in range(3)]
     del w
+    sig_max = float(np.sqrt(np.linalg.eigvalsh(grid.sigma_matrix).max()))
     d = np.sqrt(e[0] * e[0] + e[1] * e[1] + e[2] * e[2])
     r0 = segs[:, 6].astype(np.float32)[:, None, None, None]
     r1 = segs[:, 7].astype(np.float32)[:, None, None, None]
@@ -195,9 +196,11 @@ def _draw_batch(grid: SamplingGrid, segs: np.ndarray, start: np.ndarray, stop: n
         inside_flat[flat[valid & (d < r)]] = True
     if out_flat is None:
         return
+    near = valid & (d < r + np.float32(4.0 * sig_max))
+    d, r, flat = d[near], r[near], flat[near]
     inv = 1.0 / np.maximum(d, 1e-4)
-    sigma = grid.normal_sigma(e[0] * inv, e[1] * inv, e[2] * inv)
-    del e, inv
+    sigma = grid.normal_sigma(e[0][near] * inv, e[1][near] * inv, e[2][near] * inv)
     occ = slab_occupancy(d, r, sigma)
-    write = valid & (occ > 0.5 / 255)
-    np.maximum.at(out_flat, flat[write], np.round(occ[write] * 255).astype(np.uint8))
+    write = occ > 0.5 / 255
+    flat, occ = flat[write], occ[write]
+    np.maximum.at(out_flat, flat, np.round(occ * 255).astype(np.uint8))

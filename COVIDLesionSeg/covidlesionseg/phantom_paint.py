@@ -8,9 +8,11 @@ about -870 with a dependent density gradient, cortical bone +750..+1100).
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
-from . import labels
 from .phantom_anatomy import ChestAnatomy
 from .phantom_grid import SamplingGrid, slab_occupancy, tube_occupancy
 from .phantom_tubes import sternum_levels
@@ -26,6 +28,7 @@ def mix(hu: np.ndarray, occupancy: np.ndarray, value: float, box) -> None:
 
 
 def segments_box(grid: SamplingGrid, segs: np.ndarray, pad: float = 6.0):
+    """Index box of the voxels that tube segments (N, 8) can touch."""
     if len(segs) == 0:
         return None
     r = np.maximum(segs[:, 6], segs[:, 7]).max() + pad
@@ -47,6 +50,7 @@ def paint_tubes(grid: SamplingGrid, hu: np.ndarray, segs: np.ndarray, value: flo
 
 def paint_bone_tubes(grid: SamplingGrid, hu: np.ndarray, segs: np.ndarray, cortex: float, marrow_hu: float,
                      cortex_hu: float, scratch: np.ndarray) -> None:
+    """Draw bone tubes: a cortical shell ``cortex`` mm thick around marrow."""
     paint_tubes(grid, hu, segs, cortex_hu, scratch)
     inner = segs.copy()
     inner[:, 6:8] = np.maximum(inner[:, 6:8] - cortex, 0.0)
@@ -58,17 +62,26 @@ def _paint_slab(anat: ChestAnatomy, grid: SamplingGrid, box, hu, lungs, lobes, e
     H = anat.hu
     v = np.full(x.shape, -1000.0, np.float32)
     h, cx, cy = anat.cavity_height(x, y, z)
-    muscle, fat = anat.wall_thickness(cx, cy, z)
+    wall = np.nonzero((h >= 0.0) & (h < 200.0))[0]  # the chest wall is thinner than this
+    hw, cxw, cyw, zw = h[wall], cx[wall], cy[wall], z[wall]
+    muscle, fat = anat.wall_thickness(cxw, cyw, zw)
     t_mus = anat.rib_layer + muscle
     t_body = t_mus + fat
-    v[h < t_body] = H["fat"]
-    v[(h < t_body) & (h > t_body - anat.skin)] = H["skin"]
-    v[h < t_mus] = H["muscle"]
+    vw = np.full(wall.shape, -1000.0, np.float32)
+    vw[hw < t_body] = H["fat"]
+    vw[(hw < t_body) & (hw > t_body - anat.skin)] = H["skin"]
+    vw[hw < t_mus] = H["muscle"]
+    _paint_scapulae(anat, hw, cyw, zw, vw)
+    v[wall] = vw
     if anat.table:
-        ty = body_post + 2.0 + x * x / 1800.0
-        inside_t = (np.abs(x) < 230.0) & (y > ty) & (y < ty + 34.0) & (h >= t_body)
-        v[inside_t] = -950.0
-        v[inside_t & ((y < ty + 2.5) | (y > ty + 31.5))] = 250.0
+        outside = np.nonzero(h >= 0.0)[0]
+        xo, yo = x[outside], y[outside]
+        ty = body_post + 2.0 + xo * xo / 1800.0
+        inside_t = (np.abs(xo) < 230.0) & (yo > ty) & (yo < ty + 34.0) & (v[outside] == -1000.0)
+        vo = v[outside]
+        vo[inside_t] = -950.0
+        vo[inside_t & ((yo < ty + 2.5) | (yo > ty + 31.5))] = 250.0
+        v[outside] = vo
     cav = np.nonzero(h < 0.0)[0]
     xc, yc, zc = x[cav], y[cav], z[cav]
     vc = np.full(cav.shape, H["fat"], np.float32)
@@ -100,6 +113,24 @@ def _paint_slab(anat: ChestAnatomy, grid: SamplingGrid, box, hu, lungs, lobes, e
     _paint_spine(anat, x, y, z, v)
     _paint_sternum(anat, x, y, z, v)
     hu[box] = v.reshape(hu[box].shape)
+
+
+def _paint_scapulae(anat: ChestAnatomy, h, cy, z, v) -> None:
+    """Thin triangular blades over the upper posterior ribs, their lower angle near the 7th rib."""
+    top = anat.z_t1 + 5.0
+    near = np.nonzero((h > anat.rib_layer + 1.0) & (h < anat.rib_layer + 10.0) & (z < top) & (z > top - 170.0)
+                      & (cy > 0.2) & (cy < 0.92))[0]
+    if near.size == 0:
+        return
+    phi = np.arccos(cy[near])
+    frac = (top - z[near]) / 170.0
+    lateral = 1.35 - 0.75 * frac
+    medial = 0.42 + 0.25 * frac
+    half = 1.8 + 1.5 * (phi > lateral - 0.1)  # thicker lateral border
+    blade = (phi > medial) & (phi < lateral) & (np.abs(h[near] - anat.rib_layer - 5.0) < half)
+    vals = v[near]
+    vals[blade] = 0.6 * anat.hu["cortex"]
+    v[near] = vals
 
 
 def _paint_abdomen(anat: ChestAnatomy, x, y, z, dia, v) -> None:
@@ -181,20 +212,30 @@ def _paint_sternum(anat: ChestAnatomy, x, y, z, v) -> None:
     v[near] = vals
 
 
+def _paint_implicit(anat: ChestAnatomy, tubes: dict, grid: SamplingGrid, hu, lungs, lobes) -> None:
+    lo, hi = anat.body_extent()
+    body_post = float(hi[1] - 45.0)
+    box = grid.box(lo, hi)
+    if box is None:
+        return
+    excluded = np.zeros(grid.shape, bool)
+    tube_occupancy(grid, tubes["exclusion"], None, inside=excluded)
+    anat.cavity_height(np.zeros(1, np.float32), np.zeros(1, np.float32), np.zeros(1, np.float32))  # warm tables
+
+    def paint(slab) -> None:
+        _paint_slab(anat, grid, slab, hu, lungs, lobes, excluded, body_post)
+
+    # Slabs are disjoint and numpy releases the GIL in its loops: paint them on a few threads.
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        list(pool.map(paint, grid.slabs(box, voxels=2_000_000)))
+
+
 def paint_anatomy(anat: ChestAnatomy, tubes: dict, grid: SamplingGrid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Noiseless HU image (float32) with lung (labels.RIGHT_LUNG/LEFT_LUNG) and lobe truth on ``grid``."""
     hu = np.full(grid.shape, -1000.0, np.float32)
     lungs = np.zeros(grid.shape, np.uint8)
     lobes = np.zeros(grid.shape, np.uint8)
-    lo, hi = anat.body_extent()
-    body_post = float(hi[1] - 45.0)
-    excluded = np.zeros(grid.shape, bool)
-    tube_occupancy(grid, tubes["exclusion"], None, inside=excluded)
-    box = grid.box(lo, hi)
-    if box is not None:
-        for slab in grid.slabs(box):
-            _paint_slab(anat, grid, slab, hu, lungs, lobes, excluded, body_post)
-    del excluded
+    _paint_implicit(anat, tubes, grid, hu, lungs, lobes)
     H = anat.hu
     scratch = np.zeros(grid.shape, np.uint8)
     paint_tubes(grid, hu, tubes["vessels"], H["blood"], scratch)

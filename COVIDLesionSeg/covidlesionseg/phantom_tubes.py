@@ -76,7 +76,7 @@ def central_tubes(anat: ChestAnatomy, rng: np.random.Generator) -> dict:
                   [r_pa, r_pa, r_pa])
     rpa = _tube([bif, [-8.0, bif[1] + 8.0, bif[2] - 4.0], rpa_end], [0.78 * r_pa, 0.75 * r_pa, 0.7 * r_pa])
     lpa = _tube([bif, [28.0, y_tr - 12.0, 6.0], lpa_end], [0.76 * r_pa, 0.72 * r_pa, 0.68 * r_pa])
-    svc_x = -4.0 - ra - u(11.0, 14.0)
+    svc_x = -4.0 - ra - u(8.0, 11.0)
     svc = _tube([[svc_x - 6, -0.3 * ba, top], [svc_x, -0.25 * ba, 20.0], [svc_x + 4, -0.2 * ba, hc[2] + 45.0]],
                 [9.5, 10.0, 10.5])
     bcv = _tube([[60.0, -0.45 * ba, anat.z_apex + 15], [20.0, -0.42 * ba, 50.0], [svc_x, -0.3 * ba, 40.0]],

@@ -107,7 +107,7 @@ def synthetic_chest(spacing=(2.0, 2.0, 2.5), seed: int = 0, lesions: bool = True
     consolidation = np.zeros(x.shape, dtype=bool)
     bronchogram = np.zeros(x.shape, dtype=bool)
     if lesions:
-        g_centre = centres[RIGHT_LUNG] + np.array([-12.0, -18.0, 22.0])
+        g_centre = centres[RIGHT_LUNG] + np.array([-16.0, -18.0, 22.0])
         ggo = (((pts - g_centre) / np.array([15.0, 18.0, 16.0])) ** 2).sum(-1) <= 1.0
         _draw_tube(vessels, axes, g_centre - [0, 25, 10], g_centre + [0, 25, 10], 2.0)
         # Consolidation against the posterior pleura of the left lower lung, with an air bronchogram inside.
@@ -116,7 +116,7 @@ def synthetic_chest(spacing=(2.0, 2.0, 2.5), seed: int = 0, lesions: bool = True
         reach = semi[1] * np.sqrt(1.0 - (dz / semi[2]) ** 2)
         c_centre = c + np.array([0.0, reach - 13.0, dz])
         consolidation = np.linalg.norm(pts - c_centre, axis=-1) <= 15.0
-        _draw_tube(bronchogram, axes, c_centre - [0, 16, -4], c_centre + [0, 8, 0], 1.8)
+        _draw_tube(bronchogram, axes, c_centre - [0, 16, -4], c_centre + [0, 8, 0], 2.2)
         ggo &= parenchyma
         consolidation &= parenchyma
         bronchogram &= consolidation
@@ -197,13 +197,19 @@ def test_finds_ground_glass_and_consolidation(chest: Chest, chest_result: np.nda
 
 
 def test_vessels_inside_ground_glass_and_air_bronchogram_count_as_lesion(chest: Chest, chest_result: np.ndarray):
-    # Radiologists measure a ground-glass region with its vessels and a consolidation with its air bronchogram:
-    # both are thinner than the regional neighbourhood (sigma 4 mm), so the engine includes them.
-    inner_vessel = chest.ggo & (chest.ct.array > -300) & ndimage.binary_erosion(chest.ggo, iterations=2)
+    # Radiologists measure a ground-glass region with its vessels and a consolidation with its air bronchogram: both
+    # are thinner than the regional neighbourhood (sigma 4 mm), so the engine includes them.  Only within the lesion:
+    # where the bronchogram opens into aerated lung at the lesion's edge (the outer 3 mm), air is air.
+    spacing = chest.ct.spacing_zyx
+    depth_in_ggo = ndimage.distance_transform_edt(chest.ggo, sampling=spacing)
+    inner_vessel = chest.ggo & (chest.ct.array > -300) & (depth_in_ggo > 4)
     assert inner_vessel.sum() > 20
     assert (chest_result & inner_vessel).sum() / inner_vessel.sum() > 0.9
-    assert chest.bronchogram.sum() > 20
-    assert (chest_result & chest.bronchogram).sum() / chest.bronchogram.sum() > 0.8
+    deep = ndimage.distance_transform_edt(chest.consolidation, sampling=spacing) > 4
+    inner_bronchogram = chest.bronchogram & deep
+    assert inner_bronchogram.sum() > 15 and (chest.ct.array[inner_bronchogram] < -600).mean() > 0.5
+    # (Near its mouth the air column notches the region, so a few voxels there are judged as edge: 0.8, not 1.)
+    assert (chest_result & inner_bronchogram).sum() / inner_bronchogram.sum() > 0.8
 
 
 def test_normal_lung_with_vessels_has_low_percent_opacity(engine: ClassicalEngine) -> None:
@@ -266,14 +272,14 @@ def test_fine_grid_uses_blocks_and_agrees_with_the_coarse_one(chest: Chest, ches
     assert percent_opacity(result & ~fine.lesion, fine.lungs) < 1.0
 
 
-@pytest.mark.parametrize("slices", [1, 2])
-def test_one_and_two_slice_inputs(engine: ClassicalEngine, slices: int) -> None:
-    thin = synthetic_chest(spacing=(1.0, 1.0, 2.5), seed=3, slices=slices, z_centre_mm=22.0)  # through the ground glass
+@pytest.mark.parametrize("slices, spacing", [(1, (1.0, 1.0, 2.5)), (2, (1.0, 1.0, 2.5)), (1, (0.7, 0.7, 0.5))])
+def test_one_and_two_slice_inputs(engine: ClassicalEngine, slices: int, spacing) -> None:
+    thin = synthetic_chest(spacing=spacing, seed=3, slices=slices, z_centre_mm=22.0)  # through the ground glass
     assert thin.ct.shape[0] == slices and thin.ggo.sum() > 100
     result = engine.segment(thin.ct, thin.lungs)
     assert result.shape == thin.ct.shape
     assert dice(result, thin.lesion) > 0.75
-    normal = synthetic_chest(spacing=(1.0, 1.0, 2.5), seed=3, slices=slices, z_centre_mm=22.0, lesions=False)
+    normal = synthetic_chest(spacing=spacing, seed=3, slices=slices, z_centre_mm=22.0, lesions=False)
     assert percent_opacity(engine.segment(normal.ct, normal.lungs), normal.lungs) < 1.0
 
 
@@ -287,19 +293,28 @@ def test_progress_runs_monotonically_from_zero_to_one(engine: ClassicalEngine, c
     assert all(message for _, message in seen)
 
 
-@pytest.mark.parametrize("after", [0, 3, 6])
-def test_cancel_stops_the_run(engine: ClassicalEngine, chest: Chest, after: int) -> None:
-    calls = []
+def _cancel_on_call(number: int) -> tuple[list[int], object]:
+    """A cancel check that answers True from its ``number``-th call on (0 = the first), and its call log."""
+    calls: list[int] = []
 
     def cancel() -> bool:
         calls.append(1)
-        return len(calls) > after
+        return len(calls) > number
 
-    stages: list[float] = []
-    with pytest.raises(Cancelled):
-        engine.segment(chest.ct, chest.lungs, progress=lambda f, m: stages.append(f), cancel=cancel)
-    assert len(calls) == after + 1  # stopped at the first check that saw the request
-    assert stages[-1] < 1.0
+    return calls, cancel
+
+
+def test_cancel_stops_the_run_at_every_check(engine: ClassicalEngine, chest: Chest) -> None:
+    polls, never = _cancel_on_call(10**6)
+    engine.segment(chest.ct, chest.lungs, cancel=never)
+    assert len(polls) >= 5  # one check between every two stages
+    for stop_at in range(len(polls)):
+        calls, cancel = _cancel_on_call(stop_at)
+        stages: list[float] = []
+        with pytest.raises(Cancelled):
+            engine.segment(chest.ct, chest.lungs, progress=lambda f, m, seen=stages: seen.append(f), cancel=cancel)
+        assert len(calls) == stop_at + 1  # stopped at the first check that saw the request
+        assert stages[-1] < 1.0
 
 
 def test_empty_lung_mask_gives_an_empty_result(engine: ClassicalEngine, chest: Chest) -> None:
@@ -335,3 +350,33 @@ def test_describe_names_the_engine_and_its_settings(engine: ClassicalEngine) -> 
     info = engine.describe()
     assert info["id"] == "classical" and info["sha256"] is None and info["device"] == "cpu"
     assert info["params"]["lower_hu"] == ClassicalParams().lower_hu
+
+
+# --- the project's phantom (covidlesionseg.phantom), when present -------------------------------------------------
+PHANTOM_SHAPE = (96, 128, 128)  # about 2.7 x 2.7 x 3.9 mm: coarse, heavy partial volume, a few seconds to generate
+
+
+@pytest.fixture(scope="module")
+def phantom_module():
+    return pytest.importorskip("covidlesionseg.phantom")
+
+
+def test_moderate_phantom_is_segmented(phantom_module, engine: ClassicalEngine) -> None:
+    # Measured at this shape (lung truth as the lung mask), seeds 1-5: CT2 Dice 0.82-0.90 (mean 0.86); 0.75 leaves
+    # room for generator changes while still failing an engine that misses a quarter of the lesions.
+    phantom = phantom_module.generate_phantom(2, "CT2", shape=PHANTOM_SHAPE)
+    truth = phantom.lesions > 0
+    result = engine.segment(phantom.ct, phantom.lungs)
+    assert dice(result, truth) > 0.75
+    assert abs(percent_opacity(result, phantom.lungs) - percent_opacity(truth, phantom.lungs)) < 8.0
+
+
+def test_normal_phantom_has_low_percent_opacity(phantom_module, engine: ClassicalEngine) -> None:
+    # At this coarse grid the phantom's normal lung is much denser than real lung (about 40 % of its voxels above
+    # -750 HU, against 12 % in real CT at 4 mm), so a bare threshold gives a PO near 40 %; measured engine PO for
+    # seeds 1-5: 0.23-0.91 %.  (At 256 x 256 it is 0.1-0.3 %, at the full clinical grid 0.01-0.2 %.)
+    phantom = phantom_module.generate_phantom(2, "CT0", shape=PHANTOM_SHAPE)
+    lung = phantom.lungs > 0
+    bare = percent_opacity(lung & (phantom.ct.array > ClassicalParams().lower_hu), phantom.lungs)
+    found = percent_opacity(engine.segment(phantom.ct, phantom.lungs), phantom.lungs)
+    assert found < 1.5 and found < bare / 20.0
