@@ -150,7 +150,8 @@ class COVIDLesionSegWidget(ScriptedLoadableModuleWidget):
         self.ui.tableView.setMRMLTableNode(self.nodes.table)
         self.ui.segmentEditorWidget.setSegmentationNode(self.nodes.lesions)
         self.ui.segmentEditorWidget.setSourceVolumeNode(self.ui.inputSelector.currentNode())
-        self.ui.statusLabel.text = f"PO {self.nodes.severity['PO']:.2f}%  CT category {self.nodes.severity['CT_category']}"
+        severity = self.nodes.severity
+        self.ui.statusLabel.text = f"PO {severity['PO']:.2f}%  CT category {severity['CT_category']}"
 
     def on_cancel(self):
         if self.process is not None:
@@ -182,7 +183,6 @@ class COVIDLesionSegTest(ScriptedLoadableModuleTest):
     def test_segment_generated_ct(self):
         ensure_dependencies()
         from covidlesionseg.phantom import generate_phantom
-
         from COVIDLesionSegLib import mrml
         from COVIDLesionSegLib.logic import COVIDLesionSegLogic
 

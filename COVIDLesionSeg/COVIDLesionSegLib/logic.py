@@ -14,14 +14,13 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
 from covidlesionseg import io, labels
 from covidlesionseg.engines.base import CancelCheck, ProgressCallback
 from covidlesionseg.severity import SeverityConfig
-
 from COVIDLesionSegLib import mrml
 
 SEVERITY_ATTRIBUTE = "COVIDLesionSeg.severity"
@@ -56,8 +55,8 @@ class COVIDLesionSegLogic:
         engine: str | None = None,
         lobes: str = "auto",
         device: str = "auto",
-        progress: Optional[ProgressCallback] = None,
-        cancel: Optional[CancelCheck] = None,
+        progress: ProgressCallback | None = None,
+        cancel: CancelCheck | None = None,
     ) -> SegmentationNodes:
         """Segment lungs, lesions and lobes of ``volume_node`` (blocking) and show them as nodes."""
         from covidlesionseg.models import make_engine

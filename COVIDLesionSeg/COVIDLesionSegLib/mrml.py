@@ -6,7 +6,8 @@ Imports slicer (runs in the Slicer application and headless on slicer-core); the
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import slicer

@@ -9,8 +9,8 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from covidlesionseg import __version__, io, labels
 from covidlesionseg.engines.base import Cancelled

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -74,7 +75,7 @@ def evaluate_folders(
         truth_map = io.read_label(label_path, ct).array
         truth = np.isin(truth_map, list(label_values)) if label_values else truth_map > 0
 
-        def case_progress(fraction: float, message: str, n: int = n) -> None:
+        def case_progress(fraction: float, message: str, n: int = n, cid: str = cid) -> None:
             if progress is not None:
                 progress((n + fraction) / len(pairs), f"{cid} {message}")
 

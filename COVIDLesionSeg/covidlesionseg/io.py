@@ -14,9 +14,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -51,7 +52,7 @@ class Volume:
 
     # --- conversions ---------------------------------------------------------------
     @classmethod
-    def from_sitk(cls, image: sitk.Image, meta: dict[str, Any] | None = None) -> "Volume":
+    def from_sitk(cls, image: sitk.Image, meta: dict[str, Any] | None = None) -> Volume:
         if image.GetDimension() == 2:
             image = sitk.JoinSeries(image)
         return cls(
@@ -75,7 +76,7 @@ class Volume:
         image.SetDirection(tuple(self.direction.ravel()))
         return image
 
-    def like(self, array: np.ndarray) -> "Volume":
+    def like(self, array: np.ndarray) -> Volume:
         """A volume with this geometry and another array of the same shape."""
         if array.shape != self.array.shape:
             raise ValueError(f"array shape {array.shape} differs from volume shape {self.array.shape}")
@@ -111,7 +112,7 @@ class Volume:
         idx = np.asarray(zyx_indices, dtype=float).reshape(-1, 3)[:, ::-1]
         return np.asarray(self.origin) + (idx * np.asarray(self.spacing)) @ self.direction.T
 
-    def same_geometry(self, other: "Volume") -> bool:
+    def same_geometry(self, other: Volume) -> bool:
         return (
             self.shape == other.shape
             and np.allclose(self.spacing, other.spacing, atol=GEOMETRY_TOL_MM)
@@ -202,7 +203,8 @@ def _read_single_dicom(path: Path) -> tuple[sitk.Image, dict[str, Any]]:
 def check_ct(image: sitk.Image, meta: dict[str, Any], name: str = "input") -> sitk.Image:
     """Refuse what is not a CT in HU; return a 3D float32 image."""
     if image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(f"{name}: has {image.GetNumberOfComponentsPerPixel()} components per voxel (RGB or vector image), not a CT")
+        ncomp = image.GetNumberOfComponentsPerPixel()
+        raise InputError(f"{name}: has {ncomp} components per voxel (RGB or vector image), not a CT")
     dim = image.GetDimension()
     if dim == 4:
         raise InputError(f"{name}: is a 4D image; give one 3D CT")
@@ -223,13 +225,17 @@ def check_ct(image: sitk.Image, meta: dict[str, Any], name: str = "input") -> si
     if hi - lo < 100:
         raise InputError(f"{name}: values span only {lo:.0f}..{hi:.0f}; not a CT in HU")
     if lo >= -100 and hi > 1000:
-        raise InputError(f"{name}: values {lo:.0f}..{hi:.0f} look like raw stored values (no HU rescale intercept applied)")
+        raise InputError(
+            f"{name}: values {lo:.0f}..{hi:.0f} look like raw stored values (no HU rescale intercept applied)"
+        )
     if hi < -200 or lo > 0 or hi > 40000 or lo < -33000:
         raise InputError(f"{name}: values {lo:.0f}..{hi:.0f} are not Hounsfield units")
     # Lung-like air: some voxels between -1024 and -500 HU (padding below -1024 does not count).
     air = float(np.count_nonzero((arr >= -1100) & (arr <= -500))) / arr.size
     if air < 0.005:
-        raise InputError(f"{name}: only {100 * air:.2f}% of voxels are air or lung (-1024..-500 HU); not a chest CT in HU")
+        raise InputError(
+            f"{name}: only {100 * air:.2f}% of voxels are air or lung (-1024..-500 HU); not a chest CT in HU"
+        )
     return image
 
 

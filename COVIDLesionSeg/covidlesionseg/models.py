@@ -356,8 +356,8 @@ def register_model(entry: dict[str, Any], weights_path: str | os.PathLike) -> di
 def make_engine(engine_id: str | None = None, device: str = "auto") -> LesionEngine:
     """The lesion engine for ``engine_id``: ``classical``, a registered model id, or None for the default.
 
-    Engines are imported here lazily: this module sits below them and stays importable without torch.  An unknown id raises InputError
-    listing the known ones.
+    Engines are imported here lazily: this module sits below them and stays importable without torch.
+    An unknown id raises InputError listing the known ones.
     """
     chosen = default_model_id() if engine_id is None else engine_id
     entry = get_model(chosen)

@@ -181,7 +181,8 @@ def build_network(architecture: str, **kwargs: Any) -> nn.Module:
     try:
         factory = ARCHITECTURES[architecture]
     except KeyError:
-        raise InputError(f"unknown network architecture {architecture!r}; known: {', '.join(sorted(ARCHITECTURES))}")
+        known = ", ".join(sorted(ARCHITECTURES))
+        raise InputError(f"unknown network architecture {architecture!r}; known: {known}") from None
     try:
         return factory(**kwargs)
     except TypeError as exc:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -26,7 +26,7 @@ class SegmentationResult:
     ct: io.Volume
     lesions: np.ndarray  # uint8 0/1/2 (split derived from HU)
     lungs: np.ndarray  # uint8 0/1/2
-    lobes: Optional[np.ndarray]  # uint8 0..5 or None without a lobe source
+    lobes: np.ndarray | None  # uint8 0..5 or None without a lobe source
     severity: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -72,7 +72,7 @@ def finish_labels(
     lobe_source: str | None = None,
     lobe_convention: str | None = None,
     config: SeverityConfig = SeverityConfig(),
-) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray], dict[str, Any]]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, Any]]:
     """From a lesion mask and lungs: extend lungs, resolve and complete lobes, split opacity, score.
 
     ``lobes_spec`` is "auto" | "builtin" | "none" | a file path, or a lobe array already in our

@@ -36,7 +36,8 @@ def lobe_table(severity: dict[str, Any]) -> str:
     lines.append("")
     lines.append(
         f"PO {_fmt(severity.get('PO'), 2)}%  PHO {_fmt(severity.get('PHO'), 2)}%  LSS {_fmt(severity.get('LSS'))}  "
-        f"LHOS {_fmt(severity.get('LHOS'))}  CTSS {_fmt(severity.get('CTSS'))} ({_fmt(severity.get('CTSS_category'))})  "
+        f"LHOS {_fmt(severity.get('LHOS'))}  "
+        f"CTSS {_fmt(severity.get('CTSS'))} ({_fmt(severity.get('CTSS_category'))})  "
         f"CT category {_fmt(severity.get('CT_category'))}  lobes: {severity.get('lobe_source')}"
     )
     if cov and not cov.get("complete", True):

@@ -7,6 +7,8 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from monai.inferers import sliding_window_inference
+
 from covidlesionseg.engines.base import Cancelled, RunControl
 from covidlesionseg.inference import (
     StitchPlan,
@@ -20,7 +22,6 @@ from covidlesionseg.inference import (
     stitch_plans,
 )
 from covidlesionseg.io import InputError, Volume
-from monai.inferers import sliding_window_inference
 
 HU_WINDOW = (-1000.0, 400.0)
 SPACING_IJK = (0.9, 0.8, 2.5)

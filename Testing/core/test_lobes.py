@@ -6,6 +6,7 @@ import importlib.util
 
 import numpy as np
 import pytest
+
 from covidlesionseg import io, labels
 from covidlesionseg import lobes as lb
 from covidlesionseg.io import InputError, Volume

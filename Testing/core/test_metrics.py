@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from covidlesionseg import metrics
-from covidlesionseg.io import InputError, Volume
 from monai.metrics import compute_surface_dice
 from scipy import ndimage
+
+from covidlesionseg import metrics
+from covidlesionseg.io import InputError, Volume
 
 SHAPE = (40, 40, 40)
 

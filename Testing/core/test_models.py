@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
+
 from covidlesionseg import models
 from covidlesionseg.engines.base import LesionEngine
 from covidlesionseg.engines.unet import LUNG_MARGIN_MM, UNetEngine, keep_near_lungs
 from covidlesionseg.io import InputError, Volume
 from covidlesionseg.networks import build_network
-from scipy import ndimage
 
 TINY_NET = {"channels": [4, 8, 16], "num_res_units": 1}
 

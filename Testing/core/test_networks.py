@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from monai.networks.nets.resnet import ResNet, ResNetBlock
+from torch import nn
+
 from covidlesionseg.io import InputError
 from covidlesionseg.networks import (
     ARCHITECTURES,
@@ -12,8 +15,6 @@ from covidlesionseg.networks import (
     build_network,
     count_parameters,
 )
-from monai.networks.nets.resnet import ResNet, ResNetBlock
-from torch import nn
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,12 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from covidlesionseg import labels
 from covidlesionseg import severity as sv
 from covidlesionseg.io import InputError, Volume
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 # A two-lung phantom: every lobe is a 10 x 10 x 10 block (1000 voxels), so k lesion voxels in a lobe give
 # exactly p = k / 10 %.  Identity direction: numpy axis 0 is inferior -> superior, axis 2 right -> left.
@@ -318,8 +319,8 @@ def test_invariant_to_flips_with_matching_direction(seed, density, axes, cut, ba
         direction[:, 2 - axis] *= -1
         arrays = [np.flip(a, axis) for a in arrays]
     flipped = Volume(np.ascontiguousarray(arrays[0]), ct.spacing, tuple(origin), direction)
-    assert np.allclose(flipped.lps_points([[3, 4, 5]]), ct.lps_points([[
-        SHAPE[0] - 1 - 3 if 0 in axes else 3, SHAPE[1] - 1 - 4 if 1 in axes else 4, SHAPE[2] - 1 - 5 if 2 in axes else 5]]))
+    mirrored = [SHAPE[i] - 1 - v if i in axes else v for i, v in enumerate((3, 4, 5))]
+    assert np.allclose(flipped.lps_points([[3, 4, 5]]), ct.lps_points([mirrored]))
     assert score(flipped, *arrays[1:]) == score(ct, lesions, lungs, lobes)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from covidlesionseg import io, labels
 from covidlesionseg import lobes as lb
 

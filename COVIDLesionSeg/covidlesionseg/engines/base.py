@@ -8,8 +8,8 @@ cancel check returns True (the Slicer module's Cancel button, a subprocess signa
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import numpy as np
 
@@ -29,8 +29,8 @@ class Cancelled(RuntimeError):
 class RunControl:
     """Progress reporting and cancellation for one run, safe to call with neither given."""
 
-    progress: Optional[ProgressCallback] = None
-    cancel: Optional[CancelCheck] = None
+    progress: ProgressCallback | None = None
+    cancel: CancelCheck | None = None
 
     def report(self, fraction: float, message: str = "") -> None:
         if self.progress is not None:
@@ -51,7 +51,7 @@ class LesionEngine(ABC):
 
     name: str = ""
     version: str = ""
-    weights_sha256: Optional[str] = None
+    weights_sha256: str | None = None
     device: str = "cpu"
 
     @abstractmethod
@@ -59,8 +59,8 @@ class LesionEngine(ABC):
         self,
         ct: Volume,
         lungs: np.ndarray,
-        progress: Optional[ProgressCallback] = None,
-        cancel: Optional[CancelCheck] = None,
+        progress: ProgressCallback | None = None,
+        cancel: CancelCheck | None = None,
     ) -> np.ndarray:
         """Return a boolean lesion mask on ``ct``'s grid.
 
