@@ -20,6 +20,7 @@ import SimpleITK as sitk
 from covidlesionseg import labels
 from covidlesionseg.io import Volume, read_ct, read_label
 from covidlesionseg.lungs import segment_lungs
+from covidlesionseg.metrics import dice
 
 # TotalSegmentator v2 lobe labels (docs/contracts.md): 10 LUL, 11 LLL, 12 RUL, 13 RML, 14 RLL.
 TS_RIGHT, TS_LEFT = (12, 13, 14), (10, 11)
@@ -30,11 +31,6 @@ def data_root() -> Path:
     env = os.environ.get("COVIDLESIONSEG_SHARED_DATA")
     root = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
     return root / "real_ct"
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(np.count_nonzero(a)) + int(np.count_nonzero(b))
-    return 2.0 * np.count_nonzero(a & b) / total if total else 1.0
 
 
 def truth_sides(values: np.ndarray, right: tuple[int, ...], left: tuple[int, ...]) -> np.ndarray:

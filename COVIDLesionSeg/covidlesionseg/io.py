@@ -279,6 +279,17 @@ def write_volume(path: str | os.PathLike, volume: Volume, array: np.ndarray | No
     sitk.WriteImage(volume.to_sitk(data), str(path), useCompression=True)
 
 
+def write_ct(path: str | os.PathLike, volume: Volume) -> None:
+    """Write a CT: as int16 when every value is a whole HU within int16 (as scanners store it), else float32."""
+    data = volume.array
+    info = np.iinfo(np.int16)
+    if data.size and info.min <= float(data.min()) and float(data.max()) <= info.max and np.array_equal(
+        data, np.round(data)
+    ):
+        data = data.astype(np.int16)
+    write_volume(path, volume, data)
+
+
 def write_label(path: str | os.PathLike, reference: Volume, labels: np.ndarray) -> None:
     """Write a label map (uint8) on the reference grid."""
     write_volume(path, reference, np.asarray(labels).astype(np.uint8))
@@ -293,6 +304,9 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
         with os.fdopen(fd, "w") as fh:
             json.dump(data, fh, indent=2, sort_keys=False)
             fh.write("\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, p)
     except BaseException:
         with contextlib.suppress(OSError):

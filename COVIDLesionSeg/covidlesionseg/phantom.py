@@ -4,7 +4,7 @@
 vessel trees (phantom_trees) and COVID-19 lesions whose burden meets the requested CT category
 (phantom_lesions), voxelises everything at the voxel centres of a clinical-looking grid (phantom_grid,
 phantom_paint) and forms the image: partial volume, a Gaussian scanner PSF, correlated Gaussian noise,
-clipping to [-1024, 3071] HU, rounding to integer HU (as scanners store them; the array stays float32)
+clipping to [-1024, 3071] HU, rounding to integer HU (as scanners store them; the array stays float32; ct.nii.gz stores int16)
 and, for some seeds, -2048 padding outside the circular reconstruction FOV.
 
 Truth is exact by construction: a voxel is lung, lobe or lesion when its centre lies in that region;
@@ -23,7 +23,7 @@ import numpy as np
 import scipy.ndimage as ndi
 
 from . import labels
-from .io import InputError, Volume, write_label, write_volume
+from .io import InputError, Volume, write_ct, write_label
 from .phantom_anatomy import ChestAnatomy
 from .phantom_grid import SamplingGrid
 from .phantom_lesions import PATTERN_NAMES, LesionModel, add_lesions, lung_box
@@ -305,7 +305,7 @@ def save_phantom(phantom: Phantom, outdir: str | os.PathLike) -> None:
     """Write ct.nii.gz, lesions.nii.gz, lungs.nii.gz and lobes.nii.gz (names from labels.py) into ``outdir``."""
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
-    write_volume(out / labels.CT_FILE, phantom.ct)
+    write_ct(out / labels.CT_FILE, phantom.ct)
     write_label(out / labels.LESIONS_FILE, phantom.ct, phantom.lesions)
     write_label(out / labels.LUNGS_FILE, phantom.ct, phantom.lungs)
     write_label(out / labels.LOBES_FILE, phantom.ct, phantom.lobes)

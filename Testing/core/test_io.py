@@ -178,3 +178,14 @@ def test_write_json_is_atomic(tmp_path):
         io.write_json(tmp_path / "s.json", {"a": object()})
     assert (tmp_path / "s.json").read_text().strip() == '{\n  "a": 1\n}'
     assert [p.name for p in tmp_path.iterdir()] == ["s.json"]
+
+
+def test_write_ct_stores_whole_hu_as_int16_and_keeps_fractions(tmp_path):
+    vol = make_volume()
+    whole = io.Volume(np.round(vol.array), vol.spacing, vol.origin, vol.direction)
+    io.write_ct(tmp_path / "whole.nii.gz", whole)
+    io.write_ct(tmp_path / "frac.nii.gz", vol)
+    assert sitk.ReadImage(str(tmp_path / "whole.nii.gz")).GetPixelID() == sitk.sitkInt16
+    assert sitk.ReadImage(str(tmp_path / "frac.nii.gz")).GetPixelID() == sitk.sitkFloat32
+    assert np.array_equal(io.read_ct(tmp_path / "whole.nii.gz").array, whole.array)
+    assert np.array_equal(io.read_ct(tmp_path / "frac.nii.gz").array, vol.array)
