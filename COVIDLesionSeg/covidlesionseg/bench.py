@@ -76,7 +76,8 @@ def bench_live(shape: tuple[int, int, int] | None = None, engine_id: str | None 
         lo = np.maximum(centre - np.array(ball.shape) // 2, 0)
         hi = np.minimum(lo + np.array(ball.shape), shape)
         box = tuple(slice(a, b) for a, b in zip(lo, hi))
-        stamp = ball[tuple(slice(0, b - a) for a, b in zip(lo, hi))]
+        # The brush paints inside the lungs (Slicer's editable area "inside lungs"), so the lung mask stays fixed.
+        stamp = ball[tuple(slice(0, b - a) for a, b in zip(lo, hi))] & (lungs[box] > 0)
         t0 = time.perf_counter()
         old = lesions[box] > 0
         new = old | stamp if n % 2 == 0 else old & ~stamp  # paint, then erase

@@ -4,7 +4,8 @@
 vessel trees (phantom_trees) and COVID-19 lesions whose burden meets the requested CT category
 (phantom_lesions), voxelises everything at the voxel centres of a clinical-looking grid (phantom_grid,
 phantom_paint) and forms the image: partial volume, a Gaussian scanner PSF, correlated Gaussian noise,
-clipping to [-1024, 3071] HU, rounding to integer HU (as scanners store them; the array stays float32; ct.nii.gz stores int16)
+clipping to [-1024, 3071] HU, rounding to integer HU (as scanners store them; the array stays float32,
+ct.nii.gz stores int16)
 and, for some seeds, -2048 padding outside the circular reconstruction FOV.
 
 Truth is exact by construction: a voxel is lung, lobe or lesion when its centre lies in that region;

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from covidlesionseg.io import Volume
+from covidlesionseg.io import InputError, Volume
 
 ProgressCallback = Callable[[float, str], None]
 """Called with (fraction done in [0, 1], short message)."""
@@ -54,7 +54,6 @@ class LesionEngine(ABC):
     weights_sha256: str | None = None
     device: str = "cpu"
 
-    @abstractmethod
     def segment(
         self,
         ct: Volume,
@@ -68,6 +67,14 @@ class LesionEngine(ABC):
         Lesions may extend slightly beyond it (dense consolidation at the pleura); the caller
         then extends the lungs, never clips the lesions.
         """
+        lungs = np.asarray(lungs)
+        if lungs.shape != ct.shape:
+            raise InputError(f"lung mask shape {lungs.shape} differs from the CT's {ct.shape}")
+        return self._segment(ct, lungs, RunControl(progress, cancel))
+
+    @abstractmethod
+    def _segment(self, ct: Volume, lungs: np.ndarray, run: RunControl) -> np.ndarray:
+        """The engine's own work: ``lungs`` already checked to lie on ``ct``'s grid."""
 
     def describe(self) -> dict:
         """What severity.json records about the engine."""

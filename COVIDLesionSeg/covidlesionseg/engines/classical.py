@@ -44,7 +44,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from covidlesionseg.engines.base import CancelCheck, LesionEngine, ProgressCallback, RunControl
+from covidlesionseg.engines.base import LesionEngine, RunControl
 from covidlesionseg.io import InputError, Volume
 
 OUTSIDE_HU = -1000.0  # what the vessel opening sees outside the lungs (air: the lung border is "bright")
@@ -219,18 +219,7 @@ class ClassicalEngine(LesionEngine):
     def describe(self) -> dict:
         return {**super().describe(), "params": asdict(self.params)}
 
-    def segment(
-        self,
-        ct: Volume,
-        lungs: np.ndarray,
-        progress: ProgressCallback | None = None,
-        cancel: CancelCheck | None = None,
-    ) -> np.ndarray:
-        """Boolean lesion mask on ``ct``'s grid; ``lungs`` is the lung label map (0 background) on the same grid."""
-        run = RunControl(progress, cancel)
-        lungs = np.asarray(lungs)
-        if lungs.shape != ct.shape:
-            raise InputError(f"lung mask shape {lungs.shape} differs from the CT's {ct.shape}")
+    def _segment(self, ct: Volume, lungs: np.ndarray, run: RunControl) -> np.ndarray:
         run.report(0.0, "classical: cropping to the lungs")
         run.check()
         result = np.zeros(ct.shape, dtype=bool)

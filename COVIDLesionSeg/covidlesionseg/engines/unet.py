@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from covidlesionseg import models
-from covidlesionseg.engines.base import CancelCheck, LesionEngine, ProgressCallback, RunControl
+from covidlesionseg.engines.base import LesionEngine, ProgressCallback, RunControl
 from covidlesionseg.inference import predict_lesions, resolve_device
 from covidlesionseg.io import InputError, Volume
 from covidlesionseg.networks import build_network
@@ -87,15 +87,8 @@ class UNetEngine(LesionEngine):
     def describe(self) -> dict:
         return {**super().describe(), "architecture": self.entry.get("architecture")}
 
-    def segment(
-        self,
-        ct: Volume,
-        lungs: np.ndarray,
-        progress: ProgressCallback | None = None,
-        cancel: CancelCheck | None = None,
-    ) -> np.ndarray:
-        control = RunControl(progress, cancel)
-        lung_mask = np.asarray(lungs) != 0
+    def _segment(self, ct: Volume, lungs: np.ndarray, control: RunControl) -> np.ndarray:
+        lung_mask = lungs != 0
         raw = predict_lesions(self.net, ct, lung_mask, spacing_mm=self.spacing_mm, hu_window=self.hu_window,
                               roi_size=self.roi_size, device=self._torch_device, control=control,
                               margin_mm=max(10.0, 2 * self.lung_margin_mm))
