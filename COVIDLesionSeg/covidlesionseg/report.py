@@ -42,6 +42,9 @@ def lobe_table(severity: dict[str, Any]) -> str:
     )
     if cov and not cov.get("complete", True):
         lines.append(f"coverage incomplete: {cov.get('reason')}")
+    added = severity.get("lesions_outside_lungs_ml") or 0.0
+    if added > 0:
+        lines.append(f"lungs extended by {added:.2f} mL: lesion voxels outside the lung mask joined the nearest lobe")
     return "\n".join(lines)
 
 

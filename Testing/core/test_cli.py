@@ -81,6 +81,32 @@ def test_score_recomputes_from_corrected_labels(phantom_dir, segmented, tmp_path
         assert scored[key] == pytest.approx(truth[key]), key
 
 
+def test_score_extends_the_lungs_by_a_correction_past_their_border(phantom_dir, tmp_path, capsys):
+    ct = io.read_ct(phantom_dir / labels.CT_FILE)
+    lesions = io.read_label(phantom_dir / labels.LESIONS_FILE, ct).array.copy()
+    lungs = io.read_label(phantom_dir / labels.LUNGS_FILE, ct).array
+    k = int(np.argwhere(lungs == labels.RIGHT_LUNG)[:, 0].mean())
+    row = np.argwhere(lungs[k] == labels.RIGHT_LUNG)
+    j, i = row[np.argmin(row[:, 1])]  # on the right lung's border along the array's i axis
+    block = (slice(k - 1, k + 2), slice(j - 2, j + 3), slice(i - 3, i + 3))
+    outside = int(np.count_nonzero((lungs[block] == 0) & (lesions[block] == 0)))
+    assert outside > 0
+    lesions[block] = labels.LESION_LOW
+    io.write_label(tmp_path / "edited.nii.gz", ct, lesions)
+    out = tmp_path / "sev.json"
+    capsys.readouterr()
+    assert main(["score", str(phantom_dir / labels.CT_FILE), str(tmp_path / "edited.nii.gz"),
+                 "--lungs", str(phantom_dir / labels.LUNGS_FILE), "--lobes", str(phantom_dir / labels.LOBES_FILE),
+                 "-o", str(out)]) == 0
+    scored = json.loads(out.read_text())
+    truth = json.loads((phantom_dir / labels.SEVERITY_FILE).read_text())
+    added_ml = np.count_nonzero(lungs[block] == 0) * ct.voxel_ml
+    assert scored["lesions_outside_lungs_ml"] == pytest.approx(added_ml, abs=1e-3)
+    assert scored["lung_ml"] == pytest.approx(truth["lung_ml"] + added_ml, abs=1e-3)
+    assert scored["lesion_ml"] > truth["lesion_ml"]
+    assert "lungs extended by" in capsys.readouterr().out
+
+
 def test_evaluate_pairs_cases_and_scores_them(phantom_dir, tmp_path):
     images, labels_dir = tmp_path / "imagesTs", tmp_path / "labelsTs"
     images.mkdir()
