@@ -81,8 +81,13 @@ class COVIDLesionSegWidget(ScriptedLoadableModuleWidget):
         self.timer = qt.QTimer()
         self.timer.setInterval(200)
         self.timer.timeout.connect(self.poll_process)
-        for engine in ("classical",):
-            self.ui.engineComboBox.addItem(engine)
+        # Every registered engine (classical and models in the registry), the registry default selected.
+        # The registry needs only numpy and SimpleITK, which Slicer ships.
+        from covidlesionseg.models import default_model_id, list_models
+
+        for entry in list_models():
+            self.ui.engineComboBox.addItem(entry["id"])
+        self.ui.engineComboBox.setCurrentText(default_model_id())
         for device in ("auto", "cpu", "cuda"):
             self.ui.deviceComboBox.addItem(device)
         for lobes in ("auto", "none"):
@@ -116,8 +121,7 @@ class COVIDLesionSegWidget(ScriptedLoadableModuleWidget):
         cmd = logic.segmentation_command(input_path, self.output_dir, engine=self.ui.engineComboBox.currentText,
                                          lobes=self.ui.lobesComboBox.currentText,
                                          device=self.ui.deviceComboBox.currentText)
-        environment = {"COVIDLESIONSEG_PROGRESS": "lines", "PYTHONUNBUFFERED": "1"}
-        self.process = slicer.util.launchConsoleProcess(cmd, updateEnvironment=environment)
+        self.process = slicer.util.launchConsoleProcess(cmd, updateEnvironment=logic.segmentation_environment())
         threading.Thread(target=self._read_output, args=(self.process,), daemon=True).start()
         self.ui.segmentButton.enabled, self.ui.cancelButton.enabled = False, True
         self.ui.progressBar.value = 0

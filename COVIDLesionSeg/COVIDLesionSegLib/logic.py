@@ -133,6 +133,23 @@ class COVIDLesionSegLogic:
             cmd += ["--engine", engine]
         return cmd
 
+    @staticmethod
+    def segmentation_environment() -> dict[str, str]:
+        """Environment additions for the subprocess: the core package on its path, progress as lines.
+
+        PythonSlicer does not have the module folder on its path, so the folder holding ``covidlesionseg``
+        goes first on PYTHONPATH; ``COVIDLESIONSEG_PROGRESS=lines`` makes the CLI print ``PROGRESS f message``.
+        """
+        import covidlesionseg
+
+        core_parent = str(Path(covidlesionseg.__file__).resolve().parents[1])
+        existing = os.environ.get("PYTHONPATH", "")
+        return {
+            "PYTHONPATH": core_parent + (os.pathsep + existing if existing else ""),
+            "COVIDLESIONSEG_PROGRESS": "lines",
+            "PYTHONUNBUFFERED": "1",
+        }
+
     def load_results(self, volume_node, output_dir: str) -> SegmentationNodes:
         """Load a ``segment`` output folder onto ``volume_node``'s grid as nodes."""
         out = Path(output_dir)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -96,7 +98,13 @@ def test_subprocess_path_matches_in_process(scene, small_phantom, tmp_path):
     logic = COVIDLesionSegLogic()
     ct_path = logic.write_input(node, str(tmp_path / "ct.nrrd"))
     cmd = logic.segmentation_command(ct_path, str(tmp_path / "out"), engine="classical", lobes="none")
-    subprocess.run(cmd, check=True, capture_output=True)
+    env = logic.segmentation_environment()
+    core_dir = Path(env["PYTHONPATH"].split(os.pathsep)[0])
+    assert (core_dir / "covidlesionseg" / "__init__.py").is_file()
+    assert (core_dir / "COVIDLesionSeg.py").is_file()  # the module folder, which PythonSlicer lacks on its path
+    run = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=tmp_path, env={**os.environ, **env})
+    fractions = [float(line.split()[1]) for line in run.stdout.splitlines() if line.startswith("PROGRESS ")]
+    assert fractions and fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
     loaded = logic.load_results(node, str(tmp_path / "out"))
     direct = logic.segment(node, engine="classical", lobes="none")
     a = slicer.util.arrayFromSegmentBinaryLabelmap(
