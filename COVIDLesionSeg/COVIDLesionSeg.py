@@ -23,7 +23,7 @@ MINIMUM_SLICER = (5, 10)
 # Installed into Slicer's Python on first use; MONAI without its dependencies so that pip never replaces
 # Slicer's own SimpleITK/numpy or the torch that the PyTorch extension installed.
 PIP_REQUIREMENTS = ["tqdm>=4.60"]
-PIP_NO_DEPS = ["monai>=1.3"]
+PIP_NO_DEPS = ["monai>=1.3", "scipy"]  # scipy ships with Slicer; installed only if a build lacks it
 
 
 def ensure_dependencies() -> None:
