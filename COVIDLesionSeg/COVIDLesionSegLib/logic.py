@@ -78,10 +78,7 @@ class COVIDLesionSegLogic:
         has_lobes = all(anatomy.GetSegmentIdBySegmentName(n) for n in lobe_names)
         if has_lobes:
             lobes = mrml.labelmap_from_segments(nodes.anatomy, lobe_names, volume_node)
-            lung_of_lobe = np.zeros(max(labels.LOBE_NAMES) + 1, np.uint8)
-            for lobe, lung in labels.LOBE_LUNG.items():
-                lung_of_lobe[lobe] = lung
-            lungs = lung_of_lobe[lobes]
+            lungs = labels.lungs_from_lobes(lobes)
             spec: Any = lobes
         else:
             lungs = mrml.labelmap_from_segments(nodes.anatomy, [n for _, n, _ in mrml.LUNG_SEGMENTS], volume_node)

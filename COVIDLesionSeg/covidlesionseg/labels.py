@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 # lesions.nii.gz
 BACKGROUND = 0
 LESION_LOW = 1  # lesion voxel with HU < high-opacity threshold ("opacity < -200 HU")
@@ -18,6 +20,16 @@ RUL, RML, RLL, LUL, LLL = 1, 2, 3, 4, 5
 LOBE_NAMES = {RUL: "RUL", RML: "RML", RLL: "RLL", LUL: "LUL", LLL: "LLL"}
 LOBE_LABELS = {name: value for value, name in LOBE_NAMES.items()}
 LOBE_LUNG = {RUL: RIGHT_LUNG, RML: RIGHT_LUNG, RLL: RIGHT_LUNG, LUL: LEFT_LUNG, LLL: LEFT_LUNG}
+
+
+def lungs_from_lobes(lobes: np.ndarray) -> np.ndarray:
+    """The lung label map (1 right, 2 left) of a lobe map on our convention (0 background, 1..5 lobes)."""
+    side_of = np.zeros(max(LOBE_NAMES) + 1, np.uint8)
+    for lobe, lung in LOBE_LUNG.items():
+        side_of[lobe] = lung
+    return side_of[np.asarray(lobes)]
+
+
 LOBE_LONG_NAMES = {
     RUL: "right upper lobe",
     RML: "right middle lobe",

@@ -224,16 +224,13 @@ def complete_lobes(lobes: np.ndarray, lungs: np.ndarray, ct: Volume) -> np.ndarr
         raise InputError("lobe map values must be 0..5 (convert external maps with convert_lobe_map)")
     if lungs.size and (lungs.min() < 0 or lungs.max() > max(labels.LUNG_NAMES)):
         raise InputError(f"lung map values must be 0, {labels.RIGHT_LUNG} (right) or {labels.LEFT_LUNG} (left)")
-    side_of = np.zeros(max(labels.LOBE_NAMES) + 1, np.uint8)
-    for lobe, lung in labels.LOBE_LUNG.items():
-        side_of[lobe] = lung
     out = np.zeros(ct.shape, np.uint8)
     boxes = ndimage.find_objects(lungs, max_label=max(labels.LUNG_NAMES))
     for side, box in zip(labels.LUNG_NAMES, boxes):
         if box is None:
             continue
         lung = lungs[box] == side
-        own = np.where(lung & (side_of[lobes[box]] == side), lobes[box], 0).astype(np.uint8)
+        own = np.where(lung & (labels.lungs_from_lobes(lobes[box]) == side), lobes[box], 0).astype(np.uint8)
         missing = lung & (own == 0)
         if missing.any() and own.any():
             nearest = ndimage.distance_transform_edt(own == 0, sampling=ct.spacing_zyx,

@@ -27,9 +27,7 @@ def phantom(direction: np.ndarray | None = None) -> tuple[Volume, np.ndarray, np
     lobes = np.zeros(SHAPE, np.uint8)
     for lobe, box in BOXES.items():
         lobes[box] = lobe
-    lungs = np.zeros(SHAPE, np.uint8)
-    for lobe, lung in labels.LOBE_LUNG.items():
-        lungs[lobes == lobe] = lung
+    lungs = labels.lungs_from_lobes(lobes)
     hu = np.where(lungs > 0, -850.0, 40.0).astype(np.float32)
     hu[:, :, :1] = hu[:, :, -1:] = -1000.0  # air beside the body
     if direction is not None:
@@ -143,11 +141,6 @@ def test_explicit_convention_overrides_and_is_checked():
         lb.detect_convention(truth.astype(np.float32))
 
 
-def side_of(lobes: np.ndarray) -> np.ndarray:
-    table = np.zeros(6, np.uint8)
-    for lobe, lung in labels.LOBE_LUNG.items():
-        table[lobe] = lung
-    return table[lobes]
 
 
 def test_complete_lobes_every_lung_voxel_one_lobe_of_its_side():
@@ -160,7 +153,7 @@ def test_complete_lobes_every_lung_voxel_one_lobe_of_its_side():
     completed = lb.complete_lobes(damaged, lungs, ct)
     assert completed.dtype == np.uint8
     np.testing.assert_array_equal(completed > 0, lungs > 0)
-    np.testing.assert_array_equal(side_of(completed), lungs)
+    np.testing.assert_array_equal(labels.lungs_from_lobes(completed), lungs)
     np.testing.assert_array_equal(completed, truth)
 
 
@@ -175,7 +168,7 @@ def test_complete_lobes_nearest_in_millimetres_and_sides_without_lobes():
     isotropic = Volume(np.zeros(lungs.shape, np.float32), (1.0, 1.0, 1.0))
     assert lb.complete_lobes(lobes, lungs, isotropic)[1, 0, 2] == labels.RUL
     ct, lungs, truth = phantom()
-    right_only = np.where(side_of(truth) == labels.RIGHT_LUNG, truth, 0)
+    right_only = np.where(labels.lungs_from_lobes(truth) == labels.RIGHT_LUNG, truth, 0)
     completed = lb.complete_lobes(right_only, lungs, ct)
     assert not completed[lungs == labels.LEFT_LUNG].any()  # no lobes on that side: left without one
     np.testing.assert_array_equal(completed, right_only)

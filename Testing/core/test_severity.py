@@ -30,9 +30,7 @@ def phantom(spacing=(5.0, 5.0, 5.0), direction=None) -> tuple[Volume, np.ndarray
     lobes = np.zeros(SHAPE, np.uint8)
     for lobe, box in LOBE_BOXES.items():
         lobes[box] = lobe
-    lungs = np.zeros(SHAPE, np.uint8)
-    for lobe, lung in labels.LOBE_LUNG.items():
-        lungs[lobes == lobe] = lung
+    lungs = labels.lungs_from_lobes(lobes)
     hu = np.where(lungs > 0, LUNG_HU, 40.0).astype(np.float32)
     return Volume(hu, spacing, direction=np.eye(3) if direction is None else direction), lungs, lobes
 

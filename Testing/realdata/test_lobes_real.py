@@ -52,9 +52,7 @@ def test_totalsegmentator_file_as_lobe_source(totalseg, shared_data):
     """The whole --lobes FILE path: read, resample, detect, convert and complete on lungs built from it."""
     ct, seg = totalseg
     lobes, _ = lb.convert_lobe_map(seg.array, "totalsegmentator_v2")
-    lungs = np.zeros(ct.shape, np.uint8)
-    for lobe, lung in labels.LOBE_LUNG.items():
-        lungs[lobes == lobe] = lung
+    lungs = labels.lungs_from_lobes(lobes)
     path = shared_data / "abdomen_lung_bases" / "example_seg.nii.gz"
     completed, source = lb.resolve_lobe_source(str(path), ct, lungs)
     assert source == "file:totalsegmentator_v2"
