@@ -10,7 +10,6 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from covidlesionseg import __version__, io, labels
 from covidlesionseg.engines.base import Cancelled
@@ -93,25 +92,15 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
-def phantom_severity(phantom, config=None) -> dict[str, Any]:
-    """severity.json of a phantom's exact truth (engine "truth", lobe_source "truth")."""
-    from covidlesionseg.pipeline import finish_labels, severity_document
-    from covidlesionseg.severity import SeverityConfig
-
-    _, _, _, core = finish_labels(phantom.ct, phantom.lesions > 0, phantom.lungs, phantom.lobes,
-                                  lobe_source="truth", config=config or SeverityConfig())
-    return severity_document(core, {"id": "truth", "sha256": None}, {"phantom": phantom.params})
-
-
 def _shape(values: Sequence[int] | None) -> tuple[int, int, int] | None:
     return tuple(int(v) for v in values) if values else None  # type: ignore[return-value]
 
 
 def cmd_phantom(args: argparse.Namespace) -> int:
-    from covidlesionseg.phantom import generate_phantom, save_phantom
+    from covidlesionseg.phantom import generate_phantom, save_phantom, truth_severity
 
     phantom = generate_phantom(args.seed, args.severity, shape=_shape(args.shape))
-    doc = phantom_severity(phantom)
+    doc = truth_severity(phantom)
     with io.staged_output(args.output) as stage:
         save_phantom(phantom, stage)
         io.write_json(stage / labels.SEVERITY_FILE, doc)

@@ -25,16 +25,16 @@ def run_demo(
     ``segmentation/`` (the pipeline's label maps + severity.json), ``metrics.json``, ``report.md``
     and ``preview.png``.  Returns a short text summary.
     """
-    from covidlesionseg.cli import _Progress, phantom_severity
+    from covidlesionseg.cli import _Progress
     from covidlesionseg.metrics import case_metrics
     from covidlesionseg.models import make_engine
-    from covidlesionseg.phantom import generate_phantom, save_phantom
+    from covidlesionseg.phantom import generate_phantom, save_phantom, truth_severity
     from covidlesionseg.pipeline import run_segmentation, write_result
     from covidlesionseg.preview import render_preview
     from covidlesionseg.report import lobe_table, markdown_report
 
     phantom = generate_phantom(seed, severity, shape=shape or DEMO_SHAPE)
-    truth = phantom_severity(phantom)
+    truth = truth_severity(phantom)
     engine = make_engine(engine_id, device="auto")
     bar = _Progress("demo", quiet)
     try:

@@ -29,6 +29,7 @@ from monai.inferers import sliding_window_inference
 
 from covidlesionseg.engines.base import RunControl
 from covidlesionseg.io import InputError, Volume
+from covidlesionseg.masks import bounding_box
 
 log = logging.getLogger(__name__)
 
@@ -128,15 +129,7 @@ def run_with_oom_fallback(
 # --- geometry ---------------------------------------------------------------------------------
 def lung_bounding_box(lungs: np.ndarray, spacing_zyx: Sequence[float], margin_mm: float) -> tuple[slice, ...] | None:
     """Numpy slices of the mask's bounding box grown by ``margin_mm`` on each side (None when empty)."""
-    if not lungs.any():
-        return None
-    box = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        present = np.flatnonzero(lungs.any(axis=other))
-        grow = math.ceil(margin_mm / spacing_zyx[axis])
-        box.append(slice(max(0, present[0] - grow), min(lungs.shape[axis], present[-1] + 1 + grow)))
-    return tuple(box)
+    return bounding_box(lungs, [math.ceil(margin_mm / s) for s in spacing_zyx[:3]])
 
 
 def _crop_volume(ct: Volume, box: tuple[slice, ...]) -> Volume:

@@ -41,6 +41,7 @@ from scipy import ndimage as ndi
 from covidlesionseg import labels
 from covidlesionseg.engines.base import RunControl
 from covidlesionseg.io import InputError, Volume
+from covidlesionseg.masks import bounding_box, distance_to, downsample, upsample
 
 AIR_HU = -400.0  # aerated lung and air lie below this
 PADDING_HU = -1500.0  # scanner padding outside the reconstruction circle (-2048, -3024, ...)
@@ -106,14 +107,6 @@ class _Frame:
 
 
 # --- small helpers -----------------------------------------------------------------------------------
-def _distance_to(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
-    """Distance in mm from every voxel to the nearest True voxel (<= 0 inside); float32, multithreaded."""
-    image = sitk.GetImageFromArray(mask.astype(np.uint8))
-    image.SetSpacing(tuple(float(s) for s in spacing[::-1]))
-    dist = sitk.SignedMaurerDistanceMap(image, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)
-    return sitk.GetArrayFromImage(dist)
-
-
 def _select(lab: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """``np.isin(lab, ids)`` for a label image, by lookup table (fast on large volumes)."""
     table = np.zeros(int(lab.max()) + 1, bool)
@@ -125,33 +118,6 @@ def _select(lab: np.ndarray, ids: np.ndarray) -> np.ndarray:
 def _grid(spacing: np.ndarray, shape: tuple[int, ...], target_mm: float) -> np.ndarray:
     """Block size (voxels per axis) of a coarse grid with cells of about ``target_mm``."""
     return np.minimum(np.maximum(1, np.floor(target_mm / spacing)).astype(int), shape)
-
-
-def _downsample(mask: np.ndarray, block: np.ndarray, any_voxel: bool = False) -> np.ndarray:
-    """One cell per block: True where at least half (with ``any_voxel``: any) of the block is True."""
-    counts = np.pad(mask, [(0, (-n) % b) for n, b in zip(mask.shape, block)]).view(np.uint8)
-    for axis, b in enumerate(block):  # one axis at a time: contiguous, cache-friendly sums
-        if b > 1:
-            shape = counts.shape
-            counts = counts.reshape(*shape[:axis], shape[axis] // b, b, *shape[axis + 1:]).sum(axis + 1, np.uint16)
-    return counts > 0 if any_voxel else counts.astype(np.int32) * 2 >= int(np.prod(block))
-
-
-def _upsample(coarse: np.ndarray, block: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    out = coarse
-    for axis in range(3):
-        if block[axis] > 1:
-            out = np.repeat(out, block[axis], axis=axis)
-    return out[: shape[0], : shape[1], : shape[2]]
-
-
-def _bbox(mask: np.ndarray, margin: np.ndarray | None = None) -> tuple[slice, ...]:
-    margin = np.zeros(mask.ndim, int) if margin is None else np.asarray(margin, int)
-    box = []
-    for axis in range(mask.ndim):
-        present = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        box.append(slice(max(0, present[0] - margin[axis]), min(mask.shape[axis], present[-1] + 1 + margin[axis])))
-    return tuple(box)
 
 
 def _border_labels(lab: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
@@ -173,8 +139,8 @@ def _closing(mask: np.ndarray, radius_mm: float, spacing: np.ndarray) -> np.ndar
     pad = np.ceil(radius_mm / spacing).astype(int) + 1
     padded = np.pad(mask, ((pad[0], pad[0]), (0, 0), (0, 0)), mode="edge")
     padded = np.pad(padded, ((0, 0), (pad[1], pad[1]), (pad[2], pad[2])))
-    dilated = _distance_to(padded, spacing) <= radius_mm
-    closed = _distance_to(~dilated, spacing) > radius_mm
+    dilated = distance_to(padded, spacing) <= radius_mm
+    closed = distance_to(~dilated, spacing) > radius_mm
     return closed[pad[0]:-pad[0], pad[1]:-pad[1], pad[2]:-pad[2]] | mask
 
 
@@ -284,7 +250,7 @@ def _lung_components(mask: np.ndarray, hu: np.ndarray, air_ref: float, spacing: 
                 extent[0] <= (box[0].start + box[0].stop - 1) / 2 <= extent[1]):
             continue
         near = tuple(slice(max(0, b.start - g), b.stop + g) for b, g in zip(box, gap))
-        if kept[near].any() and _distance_to(kept[near], spacing)[lab[near] == i].min() <= FRAGMENT_GAP_MM:
+        if kept[near].any() and distance_to(kept[near], spacing)[lab[near] == i].min() <= FRAGMENT_GAP_MM:
             kept[lab == i] = True
             keep.append(i)
     return kept, float(volume[keep].sum() * voxel_ml)
@@ -325,9 +291,9 @@ def _split_component(frame: _Frame, comp: np.ndarray, origin: np.ndarray, mid_x:
     """Erode (by distance, on a coarse grid) until cores lie on both sides of the midline; give each voxel
     the side of the nearest core.  None when no radius separates the component."""
     block = _grid(frame.spacing, comp.shape, SPLIT_GRID_MM)
-    coarse = _downsample(comp, block)
+    coarse = downsample(comp, block)
     spacing = frame.spacing * block
-    depth = _distance_to(~np.pad(coarse, 1), spacing)[1:-1, 1:-1, 1:-1]
+    depth = distance_to(~np.pad(coarse, 1), spacing)[1:-1, 1:-1, 1:-1]
     for radius in SPLIT_RADII_MM:
         cores, n = ndi.label(depth > radius)
         if n < 2:
@@ -343,9 +309,9 @@ def _split_component(frame: _Frame, comp: np.ndarray, origin: np.ndarray, mid_x:
             continue
         left_core = _select(cores, ids[is_left])
         right_core = (cores > 0) & ~left_core
-        nearer_left = _distance_to(left_core, spacing) < _distance_to(right_core, spacing)
+        nearer_left = distance_to(left_core, spacing) < distance_to(right_core, spacing)
         side = np.where(nearer_left, labels.LEFT_LUNG, labels.RIGHT_LUNG).astype(np.uint8)
-        return _upsample(side, block, comp.shape)
+        return upsample(side, block, comp.shape)
     return None
 
 
@@ -368,7 +334,7 @@ class _Depth:
     @classmethod
     def of(cls, inside: np.ndarray, spacing: np.ndarray) -> _Depth:
         block = _grid(spacing, inside.shape, CLOSING_GRID_MM)
-        return cls(_distance_to(~_downsample(inside, block), spacing * block), block)
+        return cls(distance_to(~downsample(inside, block), spacing * block), block)
 
     def sample(self, origin: np.ndarray, block: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         """Depth at the centres of the blocks of another coarse grid starting at full index ``origin``."""
@@ -402,12 +368,12 @@ def _fill_in_slices(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     if count == 0:
         return filled
     block = _grid(spacing, mask.shape, DOME_GRID_MM)
-    coarse = np.pad(_downsample(mask, block), 1)  # a border of outside, also above and below
-    core = _distance_to(coarse, spacing * block) > DOME_RADIUS_MM
-    thick, _ = ndi.label(_distance_to(core, spacing * block) <= DOME_RADIUS_MM)
-    outside = np.pad(~_downsample(filled, block), 1, constant_values=True)
+    coarse = np.pad(downsample(mask, block), 1)  # a border of outside, also above and below
+    core = distance_to(coarse, spacing * block) > DOME_RADIUS_MM
+    thick, _ = ndi.label(distance_to(core, spacing * block) <= DOME_RADIUS_MM)
+    outside = np.pad(~downsample(filled, block), 1, constant_values=True)
     open_thick = _select(thick, np.unique(thick[outside]))[1:-1, 1:-1, 1:-1]
-    reached = np.unique(holes[_upsample(open_thick, block, mask.shape)])
+    reached = np.unique(holes[upsample(open_thick, block, mask.shape)])
     return filled & ~_select(holes, reached)
 
 
@@ -418,10 +384,10 @@ def _refine(mask: np.ndarray, allowed: np.ndarray, spacing: np.ndarray, depth: _
     closing runs on ~``CLOSING_GRID_MM`` blocks and adds only the blocks it fills, never a rim."""
     mask = _fill_in_slices(mask, spacing)
     block = _grid(spacing, mask.shape, CLOSING_GRID_MM)
-    coarse = _downsample(mask, block)
+    coarse = downsample(mask, block)
     dents = _closing(coarse, CLOSING_RADIUS_MM, spacing * block) & ~coarse
     dents = _outward(dents, coarse, depth.sample(origin, block, coarse.shape))
-    mask |= _upsample(dents, block, mask.shape) & allowed
+    mask |= upsample(dents, block, mask.shape) & allowed
     mask |= _fill_in_slices(mask, spacing) & allowed
     return _fill_holes(mask, per_slice=False)
 
@@ -449,7 +415,7 @@ def segment_lungs(ct: Volume, control: RunControl | None = None) -> np.ndarray:
             continue
         mid_x = _body_mid_x(frame, inside, np.zeros(3))
         depth = _Depth.of(inside, frame.spacing)
-        box = _bbox(cand, margin)
+        box = bounding_box(cand, margin)
         offset = np.array([b.start for b in box])
         hu, cand, inside = hu_full[box], cand[box], inside[box]
         control.check()
@@ -471,7 +437,7 @@ def segment_lungs(ct: Volume, control: RunControl | None = None) -> np.ndarray:
         control.report(0.5 + 0.25 * n, f"filling and smoothing the {labels.LUNG_NAMES[side]} lung")
         own = sides == side
         if own.any():
-            sub = _bbox(own, margin)
+            sub = bounding_box(own, margin)
             grown = np.zeros_like(own)
             grown[sub] = _refine(own[sub], allowed[sub] & (sides[sub] != other), frame.spacing, depth,
                                  offset + [b.start for b in sub])
@@ -506,10 +472,10 @@ def split_right_left(mask: np.ndarray, ct: Volume) -> np.ndarray:
     if not m.any():
         return frame.from_canonical(out)
     hu = frame.to_canonical(ct.array)
-    slab = _bbox(m)[0]
+    slab = bounding_box(m)[0]
     body = (hu[slab] > AIR_HU) | m[slab]
     mid_x = _body_mid_x(frame, body, np.array([slab.start, 0, 0]))
-    box = _bbox(m)
+    box = bounding_box(m)
     out[box] = _sides(frame, m[box], np.array([b.start for b in box]), mid_x)
     return frame.from_canonical(out)
 
@@ -541,14 +507,14 @@ def include_lesions(lungs: np.ndarray, lesions: np.ndarray, ct: Volume) -> tuple
     # each group of lesion voxels outside the lungs looks around itself, unless one look at all costs less
     boxes = ndi.find_objects(parts)
     cost = sum(int(np.prod([b.stop - b.start for b in around(box)])) for box in boxes)
-    whole = around(_bbox(outside))
+    whole = around(bounding_box(outside))
     groups = enumerate(boxes, start=1) if cost < np.prod([b.stop - b.start for b in whole]) else [(None, whole)]
     for i, box in groups:
         near = around(box)
         chosen = outside[near] if i is None else parts[near] == i
         side, distance = _nearest_side(lungs[near], chosen, spacing)
         if distance > NEAREST_SEARCH_MM:  # no lung near enough in that box: search around every lung voxel
-            near = _bbox((parts == i if i is not None else outside) | (lungs > 0))
+            near = bounding_box((parts == i if i is not None else outside) | (lungs > 0))
             chosen = outside[near] if i is None else parts[near] == i
             side, _ = _nearest_side(lungs[near], chosen, spacing)
         out[near][chosen] = side
@@ -565,8 +531,8 @@ def _nearest_side(region: np.ndarray, chosen: np.ndarray, spacing: np.ndarray) -
     where = tuple(index // b for index, b in zip(np.nonzero(chosen), block))
     distances = []
     for v in sides:
-        own = _downsample(region == v, block, any_voxel=True)  # any labelled voxel makes its block labelled
-        distances.append(_distance_to(own, spacing * block)[where])
+        own = downsample(region == v, block, any_voxel=True)  # any labelled voxel makes its block labelled
+        distances.append(distance_to(own, spacing * block)[where])
     distances = np.stack(distances)
     return np.asarray(sides, np.uint8)[np.argmin(distances, axis=0)], float(distances.min(axis=0).max())
 

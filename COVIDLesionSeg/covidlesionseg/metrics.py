@@ -14,6 +14,7 @@ import torch
 from monai.metrics import compute_surface_dice
 
 from covidlesionseg.io import InputError, Volume
+from covidlesionseg.masks import bounding_box
 
 
 def _masks(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -32,16 +33,6 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     return 2.0 * int(np.count_nonzero(pred & truth)) / total
 
 
-def _union_box(pred: np.ndarray, truth: np.ndarray, margin: int) -> tuple[slice, ...]:
-    union_any = [np.any(pred, axis=tuple(a for a in range(pred.ndim) if a != axis))
-                 | np.any(truth, axis=tuple(a for a in range(pred.ndim) if a != axis)) for axis in range(pred.ndim)]
-    box = []
-    for axis, present in enumerate(union_any):
-        idx = np.flatnonzero(present)
-        box.append(slice(max(0, idx[0] - margin), min(pred.shape[axis], idx[-1] + 1 + margin)))
-    return tuple(box)
-
-
 def surface_dice(pred: np.ndarray, truth: np.ndarray, spacing_zyx: tuple[float, float, float],
                  tolerance_mm: float = 2.0) -> float:
     """Normalized surface Dice at ``tolerance_mm`` (Nikolov et al.): the fraction of both boundaries that lies
@@ -53,7 +44,7 @@ def surface_dice(pred: np.ndarray, truth: np.ndarray, spacing_zyx: tuple[float, 
         return 1.0
     if not has_pred or not has_truth:
         return 0.0
-    box = _union_box(pred, truth, margin=2)  # a margin keeps every boundary voxel a boundary after cropping
+    box = bounding_box(pred | truth, 2)  # a margin keeps every boundary voxel a boundary after cropping
 
     def as_tensor(mask: np.ndarray) -> torch.Tensor:  # [batch 1, channel 1, z, y, x]
         return torch.from_numpy(np.ascontiguousarray(mask[box]))[None, None]

@@ -25,12 +25,14 @@ import scipy.ndimage as ndi
 
 from . import labels
 from .io import InputError, Volume, write_ct, write_label
+from .masks import bounding_box
 from .phantom_anatomy import ChestAnatomy
 from .phantom_grid import SamplingGrid
-from .phantom_lesions import PATTERN_NAMES, LesionModel, add_lesions, lung_box
+from .phantom_lesions import PATTERN_NAMES, LesionModel, add_lesions
 from .phantom_paint import paint_anatomy
 from .phantom_trees import build_trees, paint_trees
 from .phantom_tubes import central_tubes
+from .severity import SeverityConfig, ct_category
 
 GENERATOR_VERSION = 1
 MAX_DEFAULT_SLICES = 400
@@ -40,6 +42,7 @@ SLICE_CHOICES_MM = (0.625, 0.8, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 5.0)
 SLICE_WEIGHTS = (1.0, 1.0, 3.0, 3.0, 1.5, 1.5, 1.0, 1.0, 1.5)
 FOV_PADDING_HU = -2048.0
 HU_RANGE = (-1024.0, 3071.0)
+_NO_FLOOR = SeverityConfig(floor_ml=0.0)
 
 
 @dataclass
@@ -210,7 +213,7 @@ def _form_image(hu: np.ndarray, grid: SamplingGrid, rng: np.random.Generator, no
 
 
 def _lesion_summary(lesion: np.ndarray, lungs: np.ndarray, lobes: np.ndarray, patterns: np.ndarray) -> dict:
-    box = lung_box(lungs)
+    box = bounding_box(lungs)
     if box is None:
         box = (slice(0, 0),) * 3
     lesion, lungs, lobes, patterns = lesion[box], lungs[box], lobes[box], patterns[box]
@@ -220,7 +223,9 @@ def _lesion_summary(lesion: np.ndarray, lungs: np.ndarray, lobes: np.ndarray, pa
 
     pct = {name: percent(lungs == side) for side, name in labels.LUNG_NAMES.items()}
     top = max(pct.values())
-    cat = "CT0" if top == 0 else "CT1" if top <= 25 else "CT2" if top <= 50 else "CT3" if top <= 75 else "CT4"
+    # The category the generator aimed at: the scores' own bins without a volume floor (p = 0 only when no
+    # lesion voxel), so the percentage also stands in for the lesion volume.
+    cat = ct_category(top, top, _NO_FLOOR)
     total = max(int(np.count_nonzero(lesion)), 1)
     return {"lung_percent": pct, "category": cat,
             "lobe_percent": {name: percent(lobes == lobe) for lobe, name in labels.LOBE_NAMES.items()},
@@ -300,6 +305,15 @@ def clear_caches() -> None:
     """Forget the cached anatomy, trees and lesion fields of recent seeds (they are pure functions of the seed)."""
     for cached in (_anatomy, _trees, _lesion_model):
         cached.cache_clear()
+
+
+def truth_severity(phantom: Phantom, config: SeverityConfig | None = None) -> dict:
+    """severity.json of a phantom's exact truth (engine "truth", lobe_source "truth")."""
+    from .pipeline import finish_labels, severity_document
+
+    _, _, _, core = finish_labels(phantom.ct, phantom.lesions > 0, phantom.lungs, phantom.lobes,
+                                  lobe_source="truth", config=config or SeverityConfig())
+    return severity_document(core, {"id": "truth", "sha256": None}, {"phantom": phantom.params})
 
 
 def save_phantom(phantom: Phantom, outdir: str | os.PathLike) -> None:

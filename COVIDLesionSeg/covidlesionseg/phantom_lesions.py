@@ -15,6 +15,7 @@ import numpy as np
 import scipy.ndimage as ndi
 
 from . import labels
+from .masks import bounding_box
 from .phantom_anatomy import ChestAnatomy
 from .phantom_grid import SamplingGrid
 
@@ -86,25 +87,13 @@ def _smoothstep(x: np.ndarray) -> np.ndarray:
     return x * x * (3.0 - 2.0 * x)
 
 
-def lung_box(lungs: np.ndarray):
-    """Slices of the bounding box of the lung voxels (None when there is no lung)."""
-    out = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        nz = np.nonzero(lungs.any(axis=other))[0]
-        if nz.size == 0:
-            return None
-        out.append(slice(int(nz[0]), int(nz[-1]) + 1))
-    return tuple(out)
-
-
 def add_lesions(model: LesionModel, anat: ChestAnatomy, grid: SamplingGrid, hu: np.ndarray, lungs: np.ndarray,
                 severity: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict]:
     """Draw lesions into ``hu`` (in place); returns the lesion mask (bool), the pattern map (uint8) and a summary."""
     lesion = np.zeros(grid.shape, bool)
     pattern = np.zeros(grid.shape, np.uint8)
     info: dict = {"target_percent": 0.0, "weights": {k: round(v, 4) for k, v in model.weights.items()}}
-    box = lung_box(lungs)
+    box = bounding_box(lungs)
     if severity == "CT0" or box is None:
         return lesion, pattern, info
     lo_t, hi_t = TARGET_PERCENT[severity]

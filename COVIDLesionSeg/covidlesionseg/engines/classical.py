@@ -46,6 +46,7 @@ from scipy import ndimage
 
 from covidlesionseg.engines.base import LesionEngine, RunControl
 from covidlesionseg.io import InputError, Volume
+from covidlesionseg.masks import bounding_box, distance_to, downsample, upsample
 
 OUTSIDE_HU = -1000.0  # what the vessel opening sees outside the lungs (air: the lung border is "bright")
 
@@ -134,23 +135,6 @@ def _block_sum(array: np.ndarray, factors: tuple[int, int, int]) -> np.ndarray:
     return blocks.sum(axis=(1, 3, 5), dtype=np.float32)
 
 
-def _repeat_blocks(blocks: np.ndarray, factors: tuple[int, int, int], shape: tuple[int, ...]) -> np.ndarray:
-    """Each block's value on all its voxels, cut to ``shape``."""
-    for axis, f in enumerate(factors):
-        if f > 1:
-            blocks = np.repeat(blocks, f, axis=axis)
-    return blocks[: shape[0], : shape[1], : shape[2]]
-
-
-def _lung_bounding_box(lung: np.ndarray, margin: tuple[int, ...]) -> tuple[slice, ...]:
-    box = []
-    for axis, pad in enumerate(margin):
-        other = tuple(a for a in range(3) if a != axis)
-        hit = np.flatnonzero(lung.any(axis=other))
-        box.append(slice(max(0, int(hit[0]) - pad), min(lung.shape[axis], int(hit[-1]) + 1 + pad)))
-    return tuple(box)
-
-
 def _pad_to_multiple(array: np.ndarray, factors: tuple[int, int, int], value: float) -> np.ndarray:
     pad = [(0, (-n) % f) for n, f in zip(array.shape, factors)]
     if not any(p for _, p in pad):
@@ -186,12 +170,10 @@ def _large_parts(mask: np.ndarray, min_voxels: float) -> np.ndarray:
 
 
 def _distance_outside(mask: np.ndarray, spacing_zyx: tuple[float, ...]) -> np.ndarray:
-    """Distance (mm) from each voxel outside ``mask`` to the nearest voxel centre of ``mask`` (<= 0 inside)."""
-    image = sitk.GetImageFromArray(mask.view(np.uint8))
-    # An axis without depth (1 or 2 voxels) gets a huge spacing: nothing spreads across it.
-    image.SetSpacing([s if n > 2 else 1e6 for s, n in zip(spacing_zyx[::-1], mask.shape[::-1])])
-    distance = sitk.SignedMaurerDistanceMap(image, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)
-    return sitk.GetArrayFromImage(distance)
+    """Distance (mm) from each voxel outside ``mask`` to the nearest voxel centre of ``mask`` (<= 0 inside).
+
+    An axis without depth (1 or 2 voxels) gets a huge spacing: nothing spreads across it."""
+    return distance_to(mask, [s if n > 2 else 1e6 for s, n in zip(spacing_zyx, mask.shape)])
 
 
 def _closing(mask: np.ndarray, spacing_zyx: tuple[float, ...], radius_mm: float) -> np.ndarray:
@@ -230,7 +212,7 @@ class ClassicalEngine(LesionEngine):
         p = self.params
         spacing = ct.spacing_zyx
         margin = tuple(int(math.ceil(p.border_fill_mm / s)) + 1 for s in spacing)
-        box = _lung_bounding_box(lung_full, margin)
+        box = bounding_box(lung_full, margin)
         hu = np.asarray(ct.array[box], dtype=np.float32)
         labels = lungs[box]
         lesion = self._segment_crop(hu, labels, spacing, ct.voxel_ml, run)
@@ -277,9 +259,9 @@ class ClassicalEngine(LesionEngine):
         run.check()
 
         run.report(0.6, "classical: lesion edges")
-        allowed = lung | _repeat_blocks(fill, factors, shape)
+        allowed = lung | upsample(fill, factors, shape)
         lesion = self._edges(regional, vessel, half_level, hu, factors, spacing, work_spacing) & allowed
-        deep_lung = lung & ~_repeat_blocks(band, factors, shape)
+        deep_lung = lung & ~upsample(band, factors, shape)
         del regional, vessel, half_level, allowed, fill, band
         run.check()
 
@@ -355,13 +337,13 @@ class ClassicalEngine(LesionEngine):
         shape = hu.shape
         radius = _radius_voxels(p.edge_mm, work_spacing, regional.shape)
         if p.edge_mm <= 0 or not any(radius) or not regional.any():
-            return _repeat_blocks(regional, factors, shape)
+            return upsample(regional, factors, shape)
         image = sitk.GetImageFromArray(regional.view(np.uint8))
         inner = sitk.GetArrayFromImage(sitk.BinaryErode(image, radius, sitk.sitkBall)).astype(bool)
         zone = sitk.GetArrayFromImage(sitk.BinaryDilate(image, radius, sitk.sitkBall)).astype(bool) & ~inner
-        lesion = _repeat_blocks(inner, factors, shape).copy()
-        zone_voxels = _repeat_blocks(zone, factors, shape)
-        box = _lung_bounding_box(zone_voxels, (2, 2, 2)) if zone_voxels.any() else None
+        lesion = upsample(inner, factors, shape).copy()
+        zone_voxels = upsample(zone, factors, shape)
+        box = bounding_box(zone_voxels, (2, 2, 2)) if zone_voxels.any() else None
         if box is None:
             return lesion
         # The per-voxel test, on the zone's bounding box only: HU smoothed against noise, then compared.
@@ -393,14 +375,13 @@ class ClassicalEngine(LesionEngine):
     ) -> np.ndarray:
         """Blocks in concavities of each lung (right, left apart) that a ``border_fill_mm`` ball's closing fills."""
         radius = self.params.border_fill_mm
-        threshold = 0.5 * float(np.prod(factors))
-        any_lung = _block_sum(_pad_to_multiple(labels > 0, factors, 0), factors) >= threshold
+        any_lung = downsample(labels > 0, factors)
         fill = np.zeros(any_lung.shape, dtype=bool)
         margin = tuple(int(math.ceil(radius / s)) + 1 for s in work_spacing)
         for value in np.unique(labels[labels > 0]):
-            one = _block_sum(_pad_to_multiple(labels == value, factors, 0), factors) >= threshold
+            one = downsample(labels == value, factors)
             if not one.any():
                 continue
-            box = _lung_bounding_box(one, margin)
+            box = bounding_box(one, margin)
             fill[box] |= _closing(one[box], work_spacing, radius)
         return fill & ~any_lung
