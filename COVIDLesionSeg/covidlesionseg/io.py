@@ -12,15 +12,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
+
+from covidlesionseg import filecheck
 
 GEOMETRY_TOL_MM = 1e-4
 DIRECTION_TOL = 1e-6
@@ -131,13 +134,71 @@ def _is_dicom_file(path: Path) -> bool:
         return False
 
 
-def _read_dicom_folder(folder: Path) -> tuple[sitk.Image, dict[str, Any]]:
+# Slice positions along the stack may deviate from the series' median step by this much (mm, fraction)
+# before the series counts as gapped.  A missing slice doubles one step.
+SLICE_GAP_TOL_MM = 0.1
+SLICE_GAP_TOL_FRACTION = 0.1
+
+
+def _slice_positions(files: Sequence[str]) -> np.ndarray:
+    """Each file's position along the stack normal (ImagePositionPatient . normal), from the headers only."""
+    reader = sitk.ImageFileReader()
+    positions = []
+    normal = None
+    for f in files:
+        reader.SetFileName(f)
+        reader.ReadImageInformation()
+        if not (reader.HasMetaDataKey("0020|0032") and reader.HasMetaDataKey("0020|0037")):
+            return np.array([])
+        ipp = np.array([float(v) for v in reader.GetMetaData("0020|0032").split("\\")])
+        if normal is None:
+            iop = np.array([float(v) for v in reader.GetMetaData("0020|0037").split("\\")])
+            normal = np.cross(iop[:3], iop[3:])
+        positions.append(float(ipp @ normal))
+    return np.array(positions)
+
+
+def check_slice_spacing(files: Sequence[str], positions: np.ndarray, folder: Path) -> None:
+    """Refuse a series whose slices are not evenly spaced (a missing or duplicated slice), naming the gap.
+
+    ITK reads such a series at one uniform spacing with only a warning
+    (``ITK_non_uniform_sampling_deviation``): volumes would be silently wrong.
+    """
+    if len(positions) < 3:
+        return
+    order = np.argsort(positions)
+    steps = np.diff(positions[order])
+    step = float(np.median(steps))
+    tol = max(SLICE_GAP_TOL_MM, SLICE_GAP_TOL_FRACTION * abs(step))
+    bad = np.flatnonzero(np.abs(steps - step) > tol)
+    if bad.size == 0:
+        return
+    n = int(bad[0])
+    a, b = Path(files[order[n]]).name, Path(files[order[n + 1]]).name
+    what = "two slices at the same position" if abs(steps[n]) <= tol else f"{steps[n]:.2f} mm apart"
+    more = f" (and {bad.size - 1} more irregular steps)" if bad.size > 1 else ""
+    raise InputError(
+        f"DICOM series in {folder.name}: slices not evenly spaced: {a} and {b} are {what}, "
+        f"{step:.2f} mm elsewhere{more}; a slice is missing or repeated"
+    )
+
+
+def _read_dicom_folder(folder: Path, bytes_per_voxel: int) -> tuple[sitk.Image, dict[str, Any]]:
     reader = sitk.ImageSeriesReader()
     series = reader.GetGDCMSeriesIDs(str(folder))
     if not series:
         raise InputError(f"no DICOM series found in {folder}")
     # The largest series wins; GDCM sorts each series' files by image position along the normal.
     files = max((reader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series), key=len)
+    try:
+        first = filecheck.declared_by_itk(Path(files[0]))
+        size = (*first.size[:2], len(files))
+        filecheck.check_memory(folder.name, filecheck.Declared(size, first.data_bytes * len(files)), bytes_per_voxel)
+        check_slice_spacing(files, _slice_positions(files), folder)
+    except filecheck.FileCheckError as exc:
+        raise InputError(str(exc)) from None
+    except RuntimeError as exc:
+        raise InputError(f"cannot read DICOM series in {folder}: {str(exc).strip().splitlines()[-1]}") from None
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()
     try:
@@ -161,22 +222,41 @@ def _read_dicom_folder(folder: Path) -> tuple[sitk.Image, dict[str, Any]]:
     return image, meta
 
 
-def read_image(path: str | os.PathLike) -> tuple[sitk.Image, dict[str, Any]]:
-    """Read any supported image (NIfTI, NRRD, MHA, a DICOM file or series folder) as SimpleITK."""
+def _reader_error(name: str, exc: RuntimeError) -> InputError:
+    """One line from an ITK reader's multi-line exception; data-size failures named as such."""
+    text = str(exc)
+    if "not read completely" in text or re.search(r"expected \d+ bytes but received", text):
+        return InputError(f"cannot read {name}: truncated or corrupt voxel data (fewer bytes than the header declares)")
+    return InputError(f"cannot read {name}: {text.strip().splitlines()[-1]}")
+
+
+def read_image(
+    path: str | os.PathLike, *, bytes_per_voxel: int = filecheck.CT_WORKING_BYTES_PER_VOXEL
+) -> tuple[sitk.Image, dict[str, Any]]:
+    """Read any supported image (NIfTI, NRRD, MHA, a DICOM file or series folder) as SimpleITK.
+
+    Before reading, the file is checked against its header (``filecheck``): data cut short, corrupt
+    compressed streams, NaN in NIfTI float data, and a declared size that would need more than
+    ``bytes_per_voxel`` x voxels of available memory are refused with one line.
+    """
     p = Path(path)
     if not p.exists():
         raise InputError(f"input not found: {p}")
     if p.is_dir():
-        return _read_dicom_folder(p)
+        return _read_dicom_folder(p, bytes_per_voxel)
     name = p.name.lower()
     if _is_dicom_file(p) or name.endswith(".dcm"):
         return _read_single_dicom(p)
     if not name.endswith(CT_SUFFIXES):
         raise InputError(f"unsupported file type: {p.name} (use .nii, .nii.gz, .nrrd, .mha or a DICOM folder)")
     try:
+        filecheck.check_file(p, bytes_per_voxel)
+    except filecheck.FileCheckError as exc:
+        raise InputError(str(exc)) from None
+    try:
         image = sitk.ReadImage(str(p))
     except RuntimeError as exc:
-        raise InputError(f"cannot read {p.name}: {str(exc).strip().splitlines()[-1]}") from None
+        raise _reader_error(p.name, exc) from None
     meta: dict[str, Any] = {"format": name.split(".", 1)[1] if "." in name else "", "modality": ""}
     for key in ("modality", "Modality"):
         if image.HasMetaDataKey(key):  # MetaImage writes MET_MOD_CT / MET_MOD_MR / MET_MOD_UNKNOWN
@@ -249,7 +329,7 @@ def read_ct(path: str | os.PathLike) -> Volume:
 
 def read_label(path: str | os.PathLike, reference: Volume | None = None, *, resample: bool = False) -> Volume:
     """Read an integer label map; with a reference, check (or, with ``resample``, put it on) its grid."""
-    image, _meta = read_image(path)
+    image, _meta = read_image(path, bytes_per_voxel=filecheck.LABEL_WORKING_BYTES_PER_VOXEL)
     if image.GetNumberOfComponentsPerPixel() != 1 or image.GetDimension() not in (2, 3):
         raise InputError(f"{Path(path).name}: not a 3D label map")
     arr_view = sitk.GetArrayViewFromImage(image)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
+import struct
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from covidlesionseg import io
+from covidlesionseg import filecheck, io
 
 OBLIQUE = np.array([[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]) @ np.array(
     [[1, 0, 0], [0, np.cos(0.1), -np.sin(0.1)], [0, np.sin(0.1), np.cos(0.1)]]
@@ -127,18 +130,17 @@ def test_missing_and_unknown_inputs(tmp_path):
         io.read_ct(tmp_path / "empty")
 
 
-def test_dicom_series_sorted_by_position_and_rescaled(tmp_path):
-    """A series written with shuffled file names and a rescale intercept loads in position order, in HU."""
-    vol = make_volume(shape=(6, 32, 40))
+def _write_series(folder, vol: io.Volume, order, skip=()) -> np.ndarray:
+    """Write ``vol`` as a CT DICOM series, slices in file-name ``order``, leaving out the slices in ``skip``."""
     stored = np.round(vol.array).astype(np.int16)
     image = vol.to_sitk(stored)
-    folder = tmp_path / "series"
     folder.mkdir()
-    order = [3, 0, 5, 1, 4, 2]
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     series_uid = "1.2.826.0.1.3680043.8.498.1"
     for rank, k in enumerate(order):
+        if k in skip:
+            continue
         sl = image[:, :, k]
         origin = image.TransformIndexToPhysicalPoint((0, 0, k))
         for tag, value in {
@@ -149,11 +151,29 @@ def test_dicom_series_sorted_by_position_and_rescaled(tmp_path):
             sl.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"IMG{rank:04d}.dcm"))
         writer.Execute(sl)
+    return stored
+
+
+def test_dicom_series_sorted_by_position_and_rescaled(tmp_path):
+    """A series written with shuffled file names and a rescale intercept loads in position order, in HU."""
+    vol = make_volume(shape=(6, 32, 40))
+    folder = tmp_path / "series"
+    stored = _write_series(folder, vol, [3, 0, 5, 1, 4, 2])
     back = io.read_ct(folder)
     assert back.meta["modality"] == "CT"
     np.testing.assert_allclose(back.array, stored, atol=0.5)
     np.testing.assert_allclose(back.origin, vol.origin, atol=1e-3)
     np.testing.assert_allclose(back.spacing, vol.spacing, atol=1e-3)
+
+
+def test_dicom_series_with_a_missing_slice_refused_naming_the_gap(tmp_path):
+    """10 slices at 2.5 mm with slice 5 removed: ITK would read 9 slices at one uniform spacing."""
+    vol = make_volume(shape=(10, 16, 20))
+    _write_series(tmp_path / "gap", vol, list(range(10)), skip={5})
+    with pytest.raises(io.InputError) as err:
+        io.read_ct(tmp_path / "gap")
+    msg = str(err.value)
+    assert "IMG0004.dcm and IMG0006.dcm are 5.00 mm apart, 2.50 mm elsewhere" in msg and "\n" not in msg
 
 
 def test_staged_output_writes_all_or_nothing(tmp_path):
@@ -189,3 +209,65 @@ def test_write_ct_stores_whole_hu_as_int16_and_keeps_fractions(tmp_path):
     assert sitk.ReadImage(str(tmp_path / "frac.nii.gz")).GetPixelID() == sitk.sitkFloat32
     assert np.array_equal(io.read_ct(tmp_path / "whole.nii.gz").array, whole.array)
     assert np.array_equal(io.read_ct(tmp_path / "frac.nii.gz").array, vol.array)
+
+
+# --- files that contradict their header, and sizes that cannot fit ---------------------------------------
+def _header_only_nifti(path, dims, gz: bool) -> None:
+    """A NIfTI-1 header declaring int16 ``dims`` with no voxel data after it."""
+    small = path.parent / "one.nii"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((1, 1, 1), np.int16)), str(small))
+    raw = bytearray(small.read_bytes())
+    vox_offset = int(struct.unpack("<f", raw[108:112])[0])
+    raw[40:56] = struct.pack("<8h", len(dims), *dims, *([1] * (7 - len(dims))))
+    data = bytes(raw[:vox_offset])
+    path.write_bytes(gzip.compress(data) if gz else data)
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mha"])
+def test_truncated_files_refused(tmp_path, suffix):
+    """Half of each file cut off: NIfTI would otherwise read the missing slices as 0 HU."""
+    path = tmp_path / f"ct{suffix}"
+    io.write_ct(path, make_volume(shape=(12, 40, 48)))
+    raw = path.read_bytes()
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(io.InputError, match="truncated") as err:
+        io.read_ct(cut)
+    assert "\n" not in str(err.value)
+
+
+def test_corrupt_gzip_refused(tmp_path):
+    path = tmp_path / "ct.nii.gz"
+    io.write_ct(path, make_volume(shape=(12, 40, 48)))
+    raw = bytearray(path.read_bytes())
+    raw[-8] ^= 0xFF  # the gzip CRC32
+    path.write_bytes(bytes(raw))
+    with pytest.raises(io.InputError, match="corrupt compressed file"):
+        io.read_ct(path)
+
+
+def test_nan_in_nifti_refused_on_the_raw_data(tmp_path):
+    """SimpleITK reads NaN in NIfTI as 0: the raw float data is checked."""
+    arr = chest_like()
+    arr[3, 10, 10] = np.nan
+    path = tmp_path / "nan.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(path))
+    assert np.isfinite(sitk.GetArrayFromImage(sitk.ReadImage(str(path)))).all()  # what the reader hides
+    with pytest.raises(io.InputError, match="NaN"):
+        io.read_ct(path)
+
+
+def test_header_only_file_named_and_huge_declared_size_refused_before_reading(tmp_path):
+    _header_only_nifti(tmp_path / "empty.nii", (2000, 2000, 2000), gz=False)
+    with pytest.raises(io.InputError, match=r"2000x2000x2000 voxels \(16.0 GB\), the file holds no voxel data"):
+        io.read_ct(tmp_path / "empty.nii")
+    _header_only_nifti(tmp_path / "huge.nii.gz", (30000, 30000, 30000), gz=True)  # 54 TB: no machine has it
+    with pytest.raises(io.InputError, match=r"processing needs about [\d.]+ GB of memory, [\d.]+ GB available"):
+        io.read_ct(tmp_path / "huge.nii.gz")
+
+
+def test_memory_guard_figures():
+    declared = filecheck.Declared((512, 512, 300), 512 * 512 * 300 * 2)
+    filecheck.check_memory("ct.nii", declared, 24, available=2_000_000_000)
+    with pytest.raises(filecheck.FileCheckError, match=r"about 1.9 GB of memory, 1.5 GB available"):
+        filecheck.check_memory("ct.nii", declared, 24, available=1_500_000_000)
