@@ -13,8 +13,8 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -375,18 +375,58 @@ def write_label(path: str | os.PathLike, reference: Volume, labels: np.ndarray) 
     write_volume(path, reference, np.asarray(labels).astype(np.uint8))
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's), or cannot tell: keep its files
+    return True
+
+
+def _stale_prefix(name: str, kind: str) -> str:
+    return f".{name}.{kind}-"
+
+
+def _new_temp_name(name: str, kind: str) -> str:
+    """``.NAME.KIND-<pid>-<random>``: the pid tells a later run whether the writer is still alive."""
+    return f"{_stale_prefix(name, kind)}{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def remove_stale(parent: Path, name: str) -> list[Path]:
+    """Remove what killed writers of ``parent/name`` left: staging folders and temporary files of dead pids.
+
+    A writer killed (even by kill -9) before it moved its files leaves ``.NAME.staging-<pid>-*`` or
+    ``.NAME.tmp-<pid>-*`` beside the output; the next run of any writer of that output removes them.
+    Folders from writers that are still running are kept.  Returns what was removed.
+    """
+    removed = []
+    for kind in ("staging", "tmp"):
+        for item in parent.glob(f"{_stale_prefix(name, kind)}*"):
+            pid = item.name[len(_stale_prefix(name, kind)) :].split("-", 1)[0]
+            if pid.isdigit() and (int(pid) == os.getpid() or _pid_alive(int(pid))):
+                continue
+            if item.is_dir() and not item.is_symlink():
+                shutil.rmtree(item, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    item.unlink()
+            removed.append(item)
+    return removed
+
+
 def write_json(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON atomically (temporary file + rename)."""
+    """Write JSON atomically (temporary file + rename); temporary files of killed writers are removed."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
+    remove_stale(p.parent, p.name)
+    tmp = str(p.parent / _new_temp_name(p.name, "tmp"))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for any new file
     try:
         with os.fdopen(fd, "w") as fh:
             json.dump(data, fh, indent=2, sort_keys=False)
             fh.write("\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, p)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -398,15 +438,18 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
 def staged_output(outdir: str | os.PathLike) -> Iterator[Path]:
     """Yield a staging folder; on success move its files into ``outdir``, on error leave ``outdir`` untouched.
 
-    Files are written first to a hidden sibling folder, so a failure half-way writes nothing
-    into ``outdir``.  Each file then replaces its namesake atomically.
+    Files are written first to a hidden sibling folder (``.OUT.staging-<pid>-<random>``), so a failure
+    half-way writes nothing into ``outdir``.  Each file then replaces its namesake atomically.  Staging
+    folders that killed runs left behind are removed first.
     """
     out = Path(outdir)
     parent = out.parent if str(out.parent) else Path(".")
     parent.mkdir(parents=True, exist_ok=True)
     if out.exists() and not out.is_dir():
         raise InputError(f"output {out} exists and is not a folder")
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=parent))
+    remove_stale(parent, out.name)
+    stage = parent / _new_temp_name(out.name, "staging")
+    stage.mkdir()
     try:
         yield stage
         out.mkdir(parents=True, exist_ok=True)

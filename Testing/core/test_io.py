@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 
 import numpy as np
@@ -271,3 +272,75 @@ def test_memory_guard_figures():
     filecheck.check_memory("ct.nii", declared, 24, available=2_000_000_000)
     with pytest.raises(filecheck.FileCheckError, match=r"about 1.9 GB of memory, 1.5 GB available"):
         filecheck.check_memory("ct.nii", declared, 24, available=1_500_000_000)
+
+
+# --- killed writers leave nothing that the next run keeps ---------------------------------------------------
+_WRITER = r"""
+import sys
+import numpy as np
+from covidlesionseg import io
+
+point, out = sys.argv[1], sys.argv[2]
+vol = io.Volume(np.full((4, 16, 16), -800.0, np.float32), (1.0, 1.0, 2.0))
+
+def pause(name):
+    if name == point:
+        print(name, flush=True)
+        sys.stdin.readline()  # the test kills this process here
+
+with io.staged_output(out) as stage:
+    pause("stage-created")
+    io.write_ct(stage / "ct.nii.gz", vol)
+    with open(stage / "lesions.nii.gz", "wb") as fh:
+        fh.write(b"\x1f\x8b")  # a file half-way through being written
+        fh.flush()
+        pause("file-half-written")
+    io.write_label(stage / "lesions.nii.gz", vol, np.zeros(vol.shape, np.uint8))
+    io.write_json(stage / "severity.json", {"PO": 0.0})
+    pause("stage-complete")
+if point == "json-half-written":
+    import json, os
+    tmp = os.path.join(os.path.dirname(out) or ".", io._new_temp_name("severity.json", "tmp"))
+    with open(tmp, "w") as fh:
+        fh.write("{")
+    pause("json-half-written")
+"""
+
+
+@pytest.mark.parametrize("point", ["stage-created", "file-half-written", "stage-complete", "json-half-written"])
+def test_writer_killed_at_each_point_leaves_nothing_the_next_run_keeps(tmp_path, point):
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    if point == "json-half-written":
+        out = tmp_path / "first"
+    writer = subprocess.Popen([sys.executable, "-c", _WRITER, point, str(out)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline().strip() == point
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert leftovers, "the kill should leave a temporary behind for the next run to clean"
+    if point != "json-half-written":
+        assert not out.exists()  # nothing half-written in the output itself
+    # The next run of a writer (a real subprocess of the command line) cleans up and writes whole files.
+    run = subprocess.run([sys.executable, "-m", "covidlesionseg", "phantom", "-o", str(tmp_path / "out"),
+                          "--seed", "1", "--shape", "8", "48", "48", "-q"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    if point == "json-half-written":
+        io.write_json(tmp_path / "severity.json", {"PO": 1.0})
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "ct.nii.gz", "lesions.nii.gz", "lobes.nii.gz", "lungs.nii.gz", "severity.json"]
+
+
+def test_live_writers_staging_is_kept(tmp_path):
+    """A staging folder of a process that is still running is another writer's: not removed."""
+    live = tmp_path / f".out.staging-{os.getppid()}-abcd"
+    live.mkdir()
+    dead = tmp_path / ".out.staging-oldformat"
+    dead.mkdir()
+    assert io.remove_stale(tmp_path, "out") == [dead]
+    assert live.exists() and not dead.exists()
