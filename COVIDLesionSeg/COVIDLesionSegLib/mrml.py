@@ -16,24 +16,9 @@ import vtk
 
 from covidlesionseg import labels
 from covidlesionseg.io import Volume
+from COVIDLesionSegLib.terminology import SegmentSpec
 
 RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0])
-
-# Segment specifications: (label value, segment name, RGB colour 0..1)
-LESION_SEGMENTS = [(1, "Lesion", (0.90, 0.20, 0.15))]
-LUNG_SEGMENTS = [
-    (labels.RIGHT_LUNG, "Right lung", (0.50, 0.70, 0.90)),
-    (labels.LEFT_LUNG, "Left lung", (0.55, 0.85, 0.60)),
-]
-LOBE_COLORS = {
-    labels.RUL: (0.69, 0.48, 0.39),
-    labels.RML: (0.44, 0.72, 0.39),
-    labels.RLL: (0.89, 0.66, 0.24),
-    labels.LUL: (0.31, 0.54, 0.74),
-    labels.LLL: (0.75, 0.45, 0.74),
-}
-LOBE_SEGMENTS = [(value, labels.LOBE_LONG_NAMES[value].capitalize(), LOBE_COLORS[value]) for value in labels.LOBE_NAMES]
-
 
 def volume_from_node(node) -> Volume:
     """A core ``Volume`` (LPS geometry, numpy order) from a scalar volume node; the array is a copy."""
@@ -67,55 +52,107 @@ def node_from_volume(volume: Volume, name: str, node_class: str = "vtkMRMLScalar
     return node
 
 
+def set_segment(node, spec: SegmentSpec, mask: np.ndarray | None, reference_node) -> str:
+    """Create or replace the segment named ``spec.name`` (colour, terminology) with ``mask`` (reference grid).
+
+    An existing segment keeps its id, so observers and the editor's selection stay valid.
+    """
+    segmentation = node.GetSegmentation()
+    segment_id = segmentation.GetSegmentIdBySegmentName(spec.name)
+    if not segment_id:
+        segment_id = segmentation.AddEmptySegment(spec.name, spec.name, list(spec.color))
+    segment = segmentation.GetSegment(segment_id)
+    segment.SetColor(*spec.color)
+    segment.SetTag(segment.GetTerminologyEntryTagName(), spec.entry())
+    if mask is not None:
+        slicer.util.updateSegmentBinaryLabelmapFromArray(np.ascontiguousarray(mask, np.uint8), node, segment_id,
+                                                         reference_node)
+    return segment_id
+
+
 def segmentation_from_labelmap(
     label_map: np.ndarray,
     reference_node,
-    segments: Sequence[tuple[int, str, tuple[float, float, float]]],
+    segments: Sequence[tuple[int, SegmentSpec]],
     name: str,
     segmentation_node=None,
     *,
     values: dict[int, Iterable[int]] | None = None,
 ):
-    """Put each label value of ``label_map`` (on the reference grid) into its own named segment.
-
-    ``values`` maps a segment's label to several label-map values (e.g. lesion <- {1, 2}).
-    Existing segments of the same name are replaced in place, so observers keep their segment ids.
-    """
+    """Put each label value of ``label_map`` (on the reference grid) into its own segment (name, colour,
+    terminology); ``values`` maps a segment's label to several label-map values (e.g. lesion <- {1, 2})."""
     node = segmentation_node or slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
     node.SetReferenceImageGeometryParameterFromVolumeNode(reference_node)
     if node.GetDisplayNode() is None:
         node.CreateDefaultDisplayNodes()
-    segmentation = node.GetSegmentation()
-    for value, segment_name, color in segments:
-        segment_id = segmentation.GetSegmentIdBySegmentName(segment_name)
-        if not segment_id:
-            segment_id = segmentation.AddEmptySegment(segment_name, segment_name, list(color))
+    for value, spec in segments:
         wanted = list(values.get(value, [value])) if values else [value]
-        mask = np.isin(label_map, wanted).astype(np.uint8)
-        slicer.util.updateSegmentBinaryLabelmapFromArray(mask, node, segment_id, reference_node)
+        set_segment(node, spec, np.isin(label_map, wanted), reference_node)
     return node
 
 
-def labelmap_from_segments(segmentation_node, segment_names: Sequence[str], reference_node) -> np.ndarray:
-    """Label map on the reference grid: the i-th named segment gets value i+1 (later names win overlaps)."""
+def internal_labelmap(segmentation_node, segment_id: str, reference_node):
+    """(view, label value, box) of a segment's internal labelmap when it lies on the reference grid, else None.
+
+    ``view`` is the shared layer's voxels (no copy, cropped to its extent), ``box`` its slices on the grid.
+    """
+    image = segmentation_node.GetBinaryLabelmapInternalRepresentation(segment_id)
+    if image is None:
+        return None
+    image_to_world = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(image_to_world)
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    reference_node.GetIJKToRASMatrix(ijk_to_ras)
+    if any(abs(image_to_world.GetElement(r, c) - ijk_to_ras.GetElement(r, c)) > 1e-6
+           for r in range(4) for c in range(4)):
+        return None
+    i0, i1, j0, j1, k0, k1 = image.GetExtent()
+    dims = reference_node.GetImageData().GetDimensions()
+    if i0 < 0 or j0 < 0 or k0 < 0 or i1 >= dims[0] or j1 >= dims[1] or k1 >= dims[2]:
+        return None
+    label = segmentation_node.GetSegmentation().GetSegment(segment_id).GetLabelValue()
+    if i1 < i0 or j1 < j0 or k1 < k0:
+        return np.zeros((0, 0, 0), np.uint8), label, (slice(0, 0),) * 3
+    view = slicer.util.arrayFromSegmentInternalBinaryLabelmap(segmentation_node, segment_id)
+    return view, label, (slice(k0, k1 + 1), slice(j0, j1 + 1), slice(i0, i1 + 1))
+
+
+def segment_mask(segmentation_node, segment_id: str, reference_node) -> np.ndarray:
+    """The segment as a bool array on the reference grid (a copy; fast when it already lies on that grid)."""
+    internal = internal_labelmap(segmentation_node, segment_id, reference_node)
+    if internal is None:
+        return slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, segment_id, reference_node) > 0
+    view, label, box = internal
+    dims = reference_node.GetImageData().GetDimensions()
+    out = np.zeros(tuple(reversed(dims)), bool)
+    out[box] = view == label
+    return out
+
+
+def labelmap_from_segments(segmentation_node, segment_ids: dict[int, str], reference_node) -> np.ndarray:
+    """Label map on the reference grid: each segment id gets its label value; overlaps raise ValueError."""
     out = None
-    segmentation = segmentation_node.GetSegmentation()
-    for i, segment_name in enumerate(segment_names, start=1):
-        segment_id = segmentation.GetSegmentIdBySegmentName(segment_name)
-        if not segment_id:
-            raise ValueError(f"segmentation '{segmentation_node.GetName()}' has no segment named '{segment_name}'")
-        mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, segment_id, reference_node)
+    names = {}
+    for value, segment_id in segment_ids.items():
+        mask = segment_mask(segmentation_node, segment_id, reference_node)
         if out is None:
             out = np.zeros(mask.shape, np.uint8)
-        out[mask > 0] = i
+        overlap = mask & (out > 0)
+        if overlap.any():
+            other = names[int(out[overlap][0])]
+            this = segmentation_node.GetSegmentation().GetSegment(segment_id).GetName()
+            raise ValueError(f"segments '{other}' and '{this}' overlap in {int(overlap.sum())} voxels; "
+                             f"each voxel must belong to one of them")
+        out[mask] = value
+        names[value] = segmentation_node.GetSegmentation().GetSegment(segment_id).GetName()
     if out is None:
-        raise ValueError("no segment names given")
+        raise ValueError("no segments given")
     return out
 
 
 TABLE_COLUMNS = [
     ("Region", "string"), ("Volume mL", "double"), ("Lesion mL", "double"), ("Lesion %", "double"),
-    ("High opacity %", "double"), ("LSS", "int"), ("LHOS", "int"), ("CTSS", "int"),
+    ("High opacity %", "double"), ("LSS", "int"), ("LHOS", "int"), ("CTSS", "int"), ("CT category", "string"),
 ]
 
 
@@ -126,13 +163,14 @@ def severity_rows(severity: dict[str, Any]) -> list[list[Any]]:
         lobe = severity.get("lobes", {}).get(lobe_name)
         if lobe:
             rows.append([lobe_name, lobe["volume_ml"], lobe["lesion_ml"], lobe["percent"],
-                         lobe["high_opacity_percent"], lobe["lss"], lobe["lhos"], lobe["ctss"]])
+                         lobe["high_opacity_percent"], lobe["lss"], lobe["lhos"], lobe["ctss"], ""])
     for side in ("right", "left"):
         lung = severity.get("lungs", {}).get(side)
         if lung:
-            rows.append([f"{side} lung", lung["volume_ml"], lung["lesion_ml"], lung["percent"], None, None, None, None])
+            rows.append([f"{side} lung", lung["volume_ml"], lung["lesion_ml"], lung["percent"], None, None, None, None, ""])
     rows.append(["both lungs", severity["lung_ml"], severity["lesion_ml"], severity["PO"], severity["PHO"],
-                 severity["LSS"], severity["LHOS"], severity["CTSS"]])
+                 severity["LSS"], severity["LHOS"], severity["CTSS"],
+                 " / ".join(str(v) for v in (severity["CT_category"], severity.get("CTSS_category")) if v)])
     return rows
 
 
@@ -150,7 +188,7 @@ def update_severity_table(severity: dict[str, Any], table_node=None):
     for row in severity_rows(severity):
         for (arr, kind), value in zip(arrays, row):
             if kind == "string":
-                arr.InsertNextValue(str(value))
+                arr.InsertNextValue("" if value is None else str(value))
             elif kind == "int":
                 arr.InsertNextValue(-1 if value is None else int(value))
             else:
@@ -160,3 +198,37 @@ def update_severity_table(severity: dict[str, Any], table_node=None):
         table_node.SetColumnProperty(column_name, "nullValue", "-1")
     table_node.SetAttribute("COVIDLesionSeg.severity", "1")
     return table_node
+
+
+def clear_severity_table(table_node, reason: str) -> None:
+    """Empty the table (columns kept) so that no stale number stays on screen; ``reason`` says why."""
+    table = vtk.vtkTable()
+    makers = {"string": vtk.vtkStringArray, "double": vtk.vtkDoubleArray, "int": vtk.vtkIntArray}
+    for column_name, kind in TABLE_COLUMNS:
+        arr = makers[kind]()
+        arr.SetName(column_name)
+        table.AddColumn(arr)
+    table_node.SetAndObserveTable(table)
+    table_node.SetAttribute("COVIDLesionSeg.message", reason)
+
+
+def severity_chart(table_node, chart_node=None):
+    """A bar chart of lesion % per region of ``table_node`` (it follows the table as the table changes)."""
+    scene = table_node.GetScene()
+    series = None
+    if chart_node is not None and chart_node.GetNumberOfPlotSeriesNodes():
+        series = chart_node.GetNthPlotSeriesNode(0)
+    if series is None:
+        series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", f"{table_node.GetName()} lesion %")
+    series.SetAndObserveTableNodeID(table_node.GetID())
+    series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeBar)
+    series.SetLabelColumnName("Region")
+    series.SetYColumnName("Lesion %")
+    series.SetColor(0.90, 0.20, 0.15)
+    if chart_node is None:
+        chart_node = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", f"{table_node.GetName()} chart")
+    if not chart_node.HasPlotSeriesNodeID(series.GetID()):
+        chart_node.AddAndObservePlotSeriesNodeID(series.GetID())
+    chart_node.SetTitle("Lesion % per region")
+    chart_node.SetYAxisTitle("% of region")
+    return chart_node
