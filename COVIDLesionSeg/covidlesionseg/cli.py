@@ -55,7 +55,7 @@ def _severity_config(args: argparse.Namespace):
 
 # --- commands ------------------------------------------------------------------------------
 def cmd_segment(args: argparse.Namespace) -> int:
-    from covidlesionseg.lobes import check_lobe_spec
+    from covidlesionseg.lobe_providers import check_lobe_spec
     from covidlesionseg.models import make_engine
     from covidlesionseg.pipeline import run_segmentation, write_result
     from covidlesionseg.report import lobe_table
@@ -184,7 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True, help="output folder")
     s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     s.add_argument("--engine", default=None, help="classical or a model id (default: the registry default)")
-    s.add_argument("--lobes", default="auto", help="auto | builtin | none | FILE (default auto)")
+    s.add_argument("--lobes", default="auto",
+                   help="auto | builtin | totalsegmentator | lungmask | none | FILE (default auto: FILE when given, "
+                        "else TotalSegmentator or lungmask when installed, else the built-in lobes)")
     s.add_argument("--lobe-convention", default=None, help="convention of --lobes FILE when detection is ambiguous")
     s.add_argument("--timings", default=None, help=argparse.SUPPRESS)
     common(s, scores=True)

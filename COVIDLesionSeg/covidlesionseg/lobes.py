@@ -1,4 +1,6 @@
-"""Lung lobe sources: external lobe maps (recognised and converted), completion on the lungs, providers.
+"""Lung lobe maps: external conventions (recognised and converted) and completion on the lungs.
+
+The sources of lobes (built-in, TotalSegmentator, lungmask, files) are in ``lobe_providers``.
 
 External conventions (docs/contracts.md, "External lobe maps"):
 - TotalSegmentator v2 (Wasserthal J, et al. Radiol Artif Intell 2023;5(5):e230024): 10 LUL, 11 LLL, 12 RUL,
@@ -17,17 +19,14 @@ otherwise it refuses, naming the candidates.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import os
-from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 from scipy import ndimage
 
-from covidlesionseg import io, labels
+from covidlesionseg import labels
 from covidlesionseg.io import InputError, Volume
+from covidlesionseg.masks import bounding_box
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +150,8 @@ def _laterality(lobe_map: np.ndarray, ct: Volume, midline_x: float | None) -> st
     return "contradicted" if max(offsets) <= -LATERALITY_MARGIN_MM else "undecided"
 
 
-def _check_convention(convention: str) -> None:
+def check_convention(convention: str) -> None:
+    """Refuse an unknown convention name (InputError naming the known ones)."""
     if convention not in CONVENTIONS:
         raise InputError(f"unknown lobe convention {convention!r}; known: {', '.join(CONVENTIONS)}")
 
@@ -204,19 +204,38 @@ def convert_lobe_map(label_array: np.ndarray, convention: str | None = None,
     if convention is None:
         convention = _detect(label_array, values, ct)
     else:
-        _check_convention(convention)
+        check_convention(convention)
         if not _fits(convention, values):
             raise InputError(f"lobe map values do not fit the {convention} convention "
                              f"(it holds {', '.join(str(v) for v in sorted(values)[:12]) or 'nothing'})")
     return _apply_lut(label_array, _lut(convention, max(values))), convention
 
 
-def complete_lobes(lobes: np.ndarray, lungs: np.ndarray, ct: Volume) -> np.ndarray:
+def complete_lobes(lobes: np.ndarray, lungs: np.ndarray, ct: Volume, *, source: str = "lobe map") -> np.ndarray:
     """Every lung voxel in exactly one lobe of its own side (uint8, our convention).
 
     Lobe voxels outside the lungs or in the other lung are dropped; lung voxels without a lobe join the
-    nearest lobe (in mm, Euclidean distance transform) of the same side where that side has lobes.
+    nearest lobe (in mm, Euclidean distance transform) of the same side where that side has lobes.  Repairs
+    of more than a trace (``REPAIR_REPORT_ML``) are reported as a warning naming ``source`` and the mL.
     """
+    out, repairs = complete_lobes_with_report(lobes, lungs, ct)
+    reported = {k: v for k, v in repairs.items() if v > REPAIR_REPORT_ML}
+    if reported:
+        log.warning("%s repaired on the lungs: %s", source,
+                    ", ".join(f"{v:.1f} mL {_REPAIR_WORDS[k]}" for k, v in reported.items()))
+    return out
+
+
+REPAIR_REPORT_ML = 0.05
+_REPAIR_WORDS = {"outside_lungs_ml": "of lobe outside the lungs dropped",
+                 "other_side_ml": "of lobe in the other lung reassigned",
+                 "unassigned_ml": "of lung without a lobe given the nearest lobe",
+                 "side_without_lobes_ml": "of lung whose side has no lobe left without lobe"}
+
+
+def complete_lobes_with_report(lobes: np.ndarray, lungs: np.ndarray, ct: Volume) -> tuple[np.ndarray, dict]:
+    """:func:`complete_lobes` and what it repaired, in mL: lobe voxels outside the lungs, lobe voxels in the
+    other lung, lung voxels given the nearest lobe, lung voxels of a side without any lobe (left at 0)."""
     lobes, lungs = np.asarray(lobes), np.asarray(lungs)
     if lobes.shape != ct.shape or lungs.shape != ct.shape:
         raise InputError(f"lobe map {lobes.shape} and lung map {lungs.shape} must lie on the CT grid {ct.shape}")
@@ -224,99 +243,26 @@ def complete_lobes(lobes: np.ndarray, lungs: np.ndarray, ct: Volume) -> np.ndarr
         raise InputError("lobe map values must be 0..5 (convert external maps with convert_lobe_map)")
     if lungs.size and (lungs.min() < 0 or lungs.max() > max(labels.LUNG_NAMES)):
         raise InputError(f"lung map values must be 0, {labels.RIGHT_LUNG} (right) or {labels.LEFT_LUNG} (left)")
+    ml = ct.voxel_ml
+    repairs = {"outside_lungs_ml": 0.0, "other_side_ml": 0.0, "unassigned_ml": 0.0, "side_without_lobes_ml": 0.0}
     out = np.zeros(ct.shape, np.uint8)
+    box_all = bounding_box(lobes > 0)
+    if box_all is not None:
+        repairs["outside_lungs_ml"] = ml * int(np.count_nonzero((lobes[box_all] > 0) & (lungs[box_all] == 0)))
     boxes = ndimage.find_objects(lungs, max_label=max(labels.LUNG_NAMES))
     for side, box in zip(labels.LUNG_NAMES, boxes):
         if box is None:
             continue
         lung = lungs[box] == side
-        own = np.where(lung & (labels.lungs_from_lobes(lobes[box]) == side), lobes[box], 0).astype(np.uint8)
+        lobe_side = labels.lungs_from_lobes(lobes[box])
+        repairs["other_side_ml"] += ml * int(np.count_nonzero(lung & (lobe_side > 0) & (lobe_side != side)))
+        own = np.where(lung & (lobe_side == side), lobes[box], 0).astype(np.uint8)
         missing = lung & (own == 0)
         if missing.any() and own.any():
             nearest = ndimage.distance_transform_edt(own == 0, sampling=ct.spacing_zyx,
                                                      return_distances=False, return_indices=True)
             own[missing] = own[tuple(index[missing] for index in nearest)]
+        key = "unassigned_ml" if own.any() else "side_without_lobes_ml"
+        repairs[key] += ml * int(np.count_nonzero(missing))
         out[box][lung] = own[lung]
-    return out
-
-
-# --- providers ---------------------------------------------------------------------------------------
-class LobeProvider(Protocol):
-    """A source of lobes on the CT grid; ``name`` is severity.json's ``lobe_source``."""
-
-    name: str
-
-    def lobes(self, ct: Volume, lungs: np.ndarray) -> np.ndarray: ...
-
-
-class ArrayLobes:
-    """Lobes already in memory on our convention (e.g. the phantom's truth, source "truth")."""
-
-    def __init__(self, array: np.ndarray, source: str) -> None:
-        self.array, self.name = np.asarray(array), source
-
-    def lobes(self, ct: Volume, lungs: np.ndarray) -> np.ndarray:
-        return complete_lobes(self.array, lungs, ct)
-
-
-class FileLobes:
-    """An external lobe map file (resampled onto the CT grid); source "file:<convention>"."""
-
-    def __init__(self, path: str | os.PathLike, convention: str | None = None) -> None:
-        if convention is not None:
-            _check_convention(convention)
-        self.path, self.convention = Path(path), convention
-
-    @property
-    def name(self) -> str:
-        return f"file:{self.convention or 'auto'}"
-
-    def lobes(self, ct: Volume, lungs: np.ndarray) -> np.ndarray:
-        label = io.read_label(self.path, ct, resample=True)
-        converted, self.convention = convert_lobe_map(label.array, self.convention, ct)
-        return complete_lobes(converted, lungs, ct)
-
-
-class LungmaskLobes:
-    """lungmask's LTRCLobes model (Hofmanninger et al. 2020), when the package is installed."""
-
-    name = "lungmask"
-
-    def lobes(self, ct: Volume, lungs: np.ndarray) -> np.ndarray:  # pragma: no cover - lungmask absent in CI
-        from lungmask import LMInferer  # type: ignore[import-not-found]
-
-        predicted = LMInferer(modelname="LTRCLobes").apply(ct.to_sitk())
-        converted, _ = convert_lobe_map(np.asarray(predicted), "lungmask", ct)
-        return complete_lobes(converted, lungs, ct)
-
-
-def lungmask_available() -> bool:
-    return importlib.util.find_spec("lungmask") is not None
-
-
-def check_lobe_spec(spec: str) -> None:
-    """Refuse a ``--lobes`` value that cannot work, before any segmentation time is spent on it."""
-    if spec == "builtin":
-        raise InputError("the built-in lobe provider is not available yet; give --lobes FILE or --lobes none")
-    if spec not in ("auto", "none") and not Path(spec).exists():
-        raise InputError(f"lobe file not found: {spec} (give auto, builtin, none or a file)")
-
-
-def resolve_lobe_source(spec: str, ct: Volume, lungs: np.ndarray,
-                        convention: str | None = None) -> tuple[np.ndarray | None, str]:
-    """(lobes or None, lobe_source) for ``--lobes``: "auto" | "builtin" | "none" | a lobe map file."""
-    check_lobe_spec(spec)
-    if spec == "none":
-        return None, "none"
-    if spec == "auto":
-        if not lungmask_available():
-            return None, "none"
-        provider: LobeProvider = LungmaskLobes()
-        try:
-            return provider.lobes(ct, lungs), provider.name
-        except (OSError, RuntimeError, ValueError) as exc:  # pragma: no cover - e.g. weights not downloadable
-            log.warning("lungmask failed (%s); continuing without lobes", exc)
-            return None, "none"
-    file_provider = FileLobes(spec, convention)
-    array = file_provider.lobes(ct, lungs)
-    return array, file_provider.name
+    return out, {k: round(v, 3) for k, v in repairs.items()}

@@ -103,35 +103,89 @@ class ChestAnatomy:
         }
         self.fissure_half = u(0.2, 0.4)
         self.table = bool(rng.random() < 0.75)
+        self._draw_fissure_variants(rng)
 
     # --- fissures -------------------------------------------------------------------------------
     def _draw_fissures(self, rng: np.random.Generator) -> None:
+        """Major (oblique) and right minor (horizontal) fissures: where they lie sets the lobe volumes.
+
+        The ranges give adult lobe fractions of about RUL 15-25 %, RML 4-13 %, RLL 22-32 %, LUL 19-28 %,
+        LLL 18-28 % of the lungs (CT volumetry reports means of about 20 / 8 / 25 / 24 / 23 %), with the
+        oblique fissure meeting the posterior chest wall between about T3 and T6.
+        """
         u = rng.uniform
 
         def waves() -> np.ndarray:  # rows: amplitude, kx, ky, phase
             n = 3
-            amp = u(1.0, 4.0, n)
+            amp = u(1.0, 6.0, n)
             lam = u(60.0, 160.0, n)
             th = u(0, 2 * np.pi, n)
             return np.stack([amp, 2 * np.pi / lam * np.cos(th), 2 * np.pi / lam * np.sin(th), u(0, 2 * np.pi, n)], 1)
 
         def oblique(z_post: float, z_ant: float, y_ant: float) -> dict:
             slope = (z_post - z_ant) / (self.cav_bp - y_ant)
-            return {"z0": z_ant - slope * y_ant, "sy": slope, "cyy": u(-0.0015, 0.0015), "sx": u(-0.12, 0.12),
+            return {"z0": z_ant - slope * y_ant, "sy": slope, "cyy": u(-0.004, 0.004), "sx": u(-0.15, 0.15),
                     "waves": waves()}
 
-        self.fis_r_obl = oblique(u(35.0, 55.0) * self.height, self.z_dome_r + u(0.0, 10.0), -u(0.5, 0.75) * self.cav_ba)
-        self.fis_l_obl = oblique(u(45.0, 65.0) * self.height, self.z_dome_l + u(0.0, 10.0), -u(0.45, 0.7) * self.cav_ba)
-        self.fis_r_hor = {"z0": -u(45.0, 65.0) * self.height, "sy": u(-0.12, 0.05), "cyy": 0.0, "sx": u(-0.08, 0.08),
+        self.fis_r_obl = oblique(u(20.0, 65.0) * self.height, self.z_dome_r + u(-5.0, 15.0),
+                                 -u(0.4, 0.8) * self.cav_ba)
+        self.fis_l_obl = oblique(u(30.0, 75.0) * self.height, self.z_dome_l + u(-5.0, 15.0),
+                                 -u(0.35, 0.75) * self.cav_ba)
+        self.fis_r_hor = {"z0": -u(35.0, 75.0) * self.height, "sy": u(-0.2, 0.1), "cyy": 0.0, "sx": u(-0.12, 0.12),
                           "waves": waves()}
+
+    def _draw_fissure_variants(self, rng: np.random.Generator) -> None:
+        """How each person's fissures differ: curvature (a propeller twist of the oblique fissures and a bowed
+        minor fissure), incomplete fissures (a medial gap where the lobes fuse; CT series report the right
+        minor fissure incomplete in most people and the oblique fissures in about half) and accessory fissures
+        (inferior accessory, superior accessory and left minor fissures, each in roughly 5-20 % of people),
+        which are bright plates inside a lobe that bound no lobe.  Drawn after every other anatomy parameter."""
+        u = rng.uniform
+        for fis in (self.fis_r_obl, self.fis_l_obl):
+            fis["sxy"] = u(-0.0025, 0.0025)
+        self.fis_r_hor["cyy"] = u(-0.003, 0.003)
+        self.fis_r_hor["sxy"] = u(-0.0015, 0.0015)
+
+        def gap(p_complete: float, lo: float, hi: float) -> dict:
+            th = u(0, 2 * np.pi, 2)
+            lam = u(40.0, 90.0, 2)
+            return {"extent": 0.0 if rng.random() < p_complete else u(lo, hi), "amp": u(0.05, 0.2),
+                    "k": np.stack([2 * np.pi / lam * np.cos(th), 2 * np.pi / lam * np.sin(th)], 1),
+                    "phase": u(0, 2 * np.pi, 2)}
+
+        self.gap_r_obl, self.gap_l_obl = gap(0.5, 0.25, 0.65), gap(0.5, 0.25, 0.65)
+        self.gap_r_hor = gap(0.25, 0.3, 0.9)
+        if rng.random() < 0.08:  # minor fissure absent
+            self.gap_r_hor["extent"] = 5.0
+        self.half_widths = {name: u(0.15, 0.45) for name in ("r_obl", "l_obl", "r_hor", "accessory")}
+        self.accessory: list[dict] = []
+        for side_sign, lobe in ((-1.0, labels.RLL), (1.0, labels.LLL)):
+            if rng.random() < 0.18:  # inferior accessory fissure: medial basal segment
+                th = np.deg2rad(u(-25.0, 25.0))
+                n = np.array([np.cos(th), np.sin(th), u(-0.25, 0.25)])
+                n /= np.linalg.norm(n)
+                dome = self.z_dome_r if lobe == labels.RLL else self.z_dome_l
+                point = np.array([self.col_x + side_sign * u(35.0, 55.0), u(-10.0, 40.0), dome])
+                self.accessory.append({"lobe": lobe, "normal": n, "c": float(n @ point), "zmax": dome + u(30, 70)})
+            if rng.random() < 0.07:  # superior accessory fissure: superior segment of the lower lobe
+                n = np.array([0.0, u(-0.3, 0.3), 1.0])
+                n /= np.linalg.norm(n)
+                self.accessory.append({"lobe": lobe, "normal": n, "c": float(n[2] * u(-50.0, -20.0) * self.height),
+                                       "ymin": u(10.0, 40.0)})
+        if rng.random() < 0.12:  # left minor fissure: lingula
+            n = np.array([u(-0.1, 0.1), u(-0.15, 0.15), 1.0])
+            n /= np.linalg.norm(n)
+            self.accessory.append({"lobe": labels.LUL, "normal": n, "c": float(n[2] * -u(35.0, 70.0) * self.height),
+                                   "ymax": u(-20.0, 10.0)})
 
     @staticmethod
     def _surface(f: dict, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Height of a fissure surface z = h(x, y) and its slopes dh/dx, dh/dy."""
         z0, sy, cyy, sx = (float(f[k]) for k in ("z0", "sy", "cyy", "sx"))
-        h = z0 + sy * y + cyy * y * y + sx * x
-        hx = np.full_like(x, sx)
-        hy = sy + 2 * cyy * y
+        sxy = float(f.get("sxy", 0.0))
+        h = z0 + sy * y + cyy * y * y + sx * x + sxy * x * y
+        hx = sx + sxy * y
+        hy = sy + 2 * cyy * y + sxy * x
         for amp, kx, ky, ph in f["waves"].tolist():
             arg = kx * x + ky * y + ph
             h = h + amp * np.sin(arg)
@@ -140,24 +194,29 @@ class ChestAnatomy:
             hy = hy + c * ky
         return h, hx, hy
 
-    def lobes_and_fissures(self, x: np.ndarray, y: np.ndarray, z: np.ndarray, side: np.ndarray):
-        """Lobe label (labels.RUL..LLL) of lung points given their side, the distance (mm) to the nearest
-        fissure bounding that lobe and the fissure's unit normal (nx, ny, nz).
+    def _visible(self, gap: dict | None, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Where a fissure is formed: outside its medial gap (lateral position 0 at the mediastinum, 1 at the
+        chest wall, with a wavy gap edge)."""
+        if gap is None or gap["extent"] <= 0.0:
+            return np.ones(x.shape, bool)
+        lateral = np.abs(x - self.col_x) / self.cav_a
+        for (kx, ky), ph in zip(gap["k"].tolist(), gap["phase"].tolist()):
+            lateral = lateral + 0.5 * gap["amp"] * np.sin(kx * x + ky * y + ph)
+        return lateral > gap["extent"]
 
-        Right lung: below the oblique fissure is RLL; above it, the horizontal fissure separates RUL (above)
-        from RML.  Left lung: below the oblique fissure is LLL, above it LUL.
-        """
+    def _boundaries(self, x: np.ndarray, y: np.ndarray, z: np.ndarray, side: np.ndarray):
+        """Lobe labels and, per lobe-bounding fissure, (point indices, distance, normal, visible, name)."""
         out = np.zeros(x.shape, np.uint8)
-        dist = np.full(x.shape, np.inf, np.float32)
-        normal = [np.zeros(x.shape, np.float32) for _ in range(3)]
         right = side == labels.RIGHT_LUNG
         left = ~right
         h_o = np.empty(x.shape, np.float32)
         gx = np.empty(x.shape, np.float32)
         gy = np.empty(x.shape, np.float32)
-        for fis, where in ((self.fis_r_obl, right), (self.fis_l_obl, left)):
+        vis_o = np.ones(x.shape, bool)
+        for fis, gap, where in ((self.fis_r_obl, "gap_r_obl", right), (self.fis_l_obl, "gap_l_obl", left)):
             h, hx, hy = self._surface(fis, x[where], y[where])
             h_o[where], gx[where], gy[where] = h, hx, hy
+            vis_o[where] = self._visible(getattr(self, gap, None), x[where], y[where])
         lower = z < h_o
         out[right & lower] = labels.RLL
         out[left & lower] = labels.LLL
@@ -165,18 +224,72 @@ class ChestAnatomy:
         upper_r = np.nonzero(right & ~lower)[0]
         h_h, hx_h, hy_h = self._surface(self.fis_r_hor, x[upper_r], y[upper_r])
         out[upper_r] = np.where(z[upper_r] >= h_h, labels.RUL, labels.RML)
-        for idx, h, hx, hy in ((slice(None), h_o, gx, gy), (upper_r, h_h, hx_h, hy_h)):
+        half = getattr(self, "half_widths", None)
+        parts = []
+        for idx, h, hx, hy, vis, name in (
+                (slice(None), h_o, gx, gy, vis_o, "obl"),
+                (upper_r, h_h, hx_h, hy_h, self._visible(getattr(self, "gap_r_hor", None), x[upper_r], y[upper_r]),
+                 "r_hor")):
             g = np.sqrt(1.0 + hx * hx + hy * hy)
-            d = np.abs(z[idx] - h) / g
+            if name == "obl":
+                w = np.where(right, half["r_obl"], half["l_obl"]) if half else self.fissure_half
+            else:
+                w = half["r_hor"] if half else self.fissure_half
+            parts.append((idx, np.abs(z[idx] - h) / g, (-hx / g, -hy / g, 1.0 / g), vis,
+                          np.broadcast_to(np.float32(w), np.shape(h)) if np.ndim(w) == 0 else w))
+        return out, parts
+
+    def lobes_and_fissures(self, x: np.ndarray, y: np.ndarray, z: np.ndarray, side: np.ndarray):
+        """Lobe label (labels.RUL..LLL) of lung points given their side, the distance (mm) to the nearest
+        fissure surface bounding that lobe (the whole surface, formed or not) and its unit normal (nx, ny, nz).
+
+        Right lung: below the oblique fissure is RLL; above it, the horizontal fissure separates RUL (above)
+        from RML.  Left lung: below the oblique fissure is LLL, above it LUL.
+        """
+        out, parts = self._boundaries(x, y, z, side)
+        dist, normal, _ = self._nearest(x.shape, [(i, d, n, w) for i, d, n, _, w in parts])
+        return out, dist, normal
+
+    def lobes_and_plates(self, x: np.ndarray, y: np.ndarray, z: np.ndarray, side: np.ndarray):
+        """Lobe labels and the visible fissure plates to paint: distance (mm) to the nearest formed fissure
+        (lobe-bounding where not in its gap, or accessory), its unit normal and its half thickness (mm)."""
+        out, parts = self._boundaries(x, y, z, side)
+        plates = []
+        for idx, d, n, vis, w in parts:
+            plates.append((idx, np.where(vis, d, np.inf), n, w))
+        half = getattr(self, "half_widths", {}).get("accessory", self.fissure_half)
+        for acc in getattr(self, "accessory", []):
+            nrm = acc["normal"]
+            d = np.abs(nrm[0] * x + nrm[1] * y + nrm[2] * z - acc["c"])
+            inside = out == acc["lobe"]
+            if "zmax" in acc:
+                inside &= z < acc["zmax"]
+            if "ymin" in acc:
+                inside &= y > acc["ymin"]
+            if "ymax" in acc:
+                inside &= y < acc["ymax"]
+            ones = np.ones(x.shape, np.float32)
+            plates.append((slice(None), np.where(inside, d, np.inf), tuple(float(c) * ones for c in nrm),
+                           np.full(x.shape, half, np.float32)))
+        dist, normal, width = self._nearest(x.shape, plates)
+        return out, dist, normal, width
+
+    @staticmethod
+    def _nearest(shape: tuple, parts: list) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+        """Per point: the smallest distance over surface parts (indices, distance, normal, half width)."""
+        dist = np.full(shape, np.inf, np.float32)
+        normal = [np.zeros(shape, np.float32) for _ in range(3)]
+        width = np.zeros(shape, np.float32)
+        for idx, d, comps, w in parts:
             cur = dist[idx]
             better = d < cur
             cur[better] = d[better]
             dist[idx] = cur
-            for arr, comp in zip(normal, (-hx / g, -hy / g, 1.0 / g)):
+            for arr, comp in zip(normal + [width], tuple(comps) + (w,)):
                 sub = arr[idx]
-                sub[better] = comp[better]
+                sub[better] = np.broadcast_to(comp, np.shape(d))[better]
                 arr[idx] = sub
-        return out, dist, normal
+        return dist, normal, width
 
     # --- chest wall and cavity -------------------------------------------------------------------
     _AXES_Z0, _AXES_STEP, _AXES_N = -700.0, 0.25, 5600

@@ -97,11 +97,11 @@ def _paint_slab(anat: ChestAnatomy, grid: SamplingGrid, box, hu, lungs, lobes, e
         xl, yl, zl, sl = xc[lung], yc[lung], zc[lung], side[lung]
         grad = np.clip((yl + anat.cav_ba) / (anat.cav_ba + anat.cav_bp), 0.0, 1.0) ** 2
         vl = H["lung"] + H["lung_gradient"] * grad
-        lobe, dist, normal = anat.lobes_and_fissures(xl, yl, zl, sl)
+        lobe, dist, normal, half = anat.lobes_and_plates(xl, yl, zl, sl)
         near = np.nonzero(dist < 4.0)[0]
         if near.size:
             sig = grid.normal_sigma(normal[0][near], normal[1][near], normal[2][near])
-            occ = slab_occupancy(dist[near], anat.fissure_half, sig)
+            occ = slab_occupancy(dist[near], half[near], sig)
             vl[near] += occ * (H["fissure"] - vl[near])
         vc[lung] = vl
         lab = np.zeros(x.shape, np.uint8)

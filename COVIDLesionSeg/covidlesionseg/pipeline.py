@@ -14,7 +14,8 @@ import numpy as np
 
 from covidlesionseg import SOFTWARE_NAME, __version__, io, labels
 from covidlesionseg.engines.base import CancelCheck, LesionEngine, ProgressCallback, RunControl
-from covidlesionseg.lobes import complete_lobes, resolve_lobe_source
+from covidlesionseg.lobe_providers import resolve_lobe_source
+from covidlesionseg.lobes import complete_lobes
 from covidlesionseg.lungs import include_lesions, segment_lungs
 from covidlesionseg.severity import SeverityConfig, compute_severity, split_opacity
 
@@ -75,14 +76,15 @@ def finish_labels(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, Any]]:
     """From a lesion mask and lungs: extend lungs, resolve and complete lobes, split opacity, score.
 
-    ``lobes_spec`` is "auto" | "builtin" | "none" | a file path, or a lobe array already in our
-    convention (then ``lobe_source`` names where it came from, e.g. "truth").
+    ``lobes_spec`` is "auto" | "builtin" | "totalsegmentator" | "lungmask" | "none" | a file path, or a lobe
+    array already in our convention (then ``lobe_source`` names where it came from, e.g. "truth").
     Returns (lesion labels 0/1/2, lungs, lobes or None, severity core dict).
     """
     lesion_mask = np.asarray(lesion_mask) > 0
     lungs, added_ml = include_lesions(lungs, lesion_mask, ct)
     if isinstance(lobes_spec, np.ndarray):  # already in our convention; the lungs may have grown
-        lobes, source = complete_lobes(lobes_spec.astype(np.uint8), lungs, ct), (lobe_source or "truth")
+        source = lobe_source or "truth"
+        lobes = complete_lobes(lobes_spec.astype(np.uint8), lungs, ct, source=f"{source} lobes")
     else:  # providers return completed lobes
         lobes, source = resolve_lobe_source(str(lobes_spec), ct, lungs, convention=lobe_convention)
     lesion_labels = split_opacity(lesion_mask, ct.array, config)

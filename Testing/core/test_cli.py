@@ -145,7 +145,7 @@ def test_models_json_lists_classical_as_the_only_default(monkeypatch, tmp_path, 
         (["segment", "{text}", "-o", "{out}"], "unsupported file type"),
         (["segment", "{ct}", "-o", "{out}", "--engine", "no-such-model"], "no-such-model"),
         (["segment", "{ct}", "-o", "{out}", "--lobes", "{missing}"], "lobe file not found"),
-        (["segment", "{ct}", "-o", "{out}", "--lobes", "builtin"], "built-in lobe provider"),
+        (["segment", "{ct}", "-o", "{out}", "--lobes", "lungmask"], "not installed"),  # lungmask: optional
     ],
 )
 def test_errors_are_one_line_and_write_nothing(phantom_dir, tmp_path, capsys, argv, message):

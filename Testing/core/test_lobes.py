@@ -1,8 +1,6 @@
-"""Lobe conventions, detection, completion on the lungs and lobe sources (covidlesionseg.lobes)."""
+"""Lobe conventions, detection and completion on the lungs (covidlesionseg.lobes)."""
 
 from __future__ import annotations
-
-import importlib.util
 
 import numpy as np
 import pytest
@@ -176,35 +174,21 @@ def test_complete_lobes_nearest_in_millimetres_and_sides_without_lobes():
         lb.complete_lobes(encode(truth, "totalsegmentator_v2"), lungs, ct)
 
 
-def test_providers_and_resolve_lobe_source(tmp_path):
+def test_complete_lobes_reports_its_repairs(caplog):
+    """A map that misses lung voxels and spills outside the lungs is repaired and the mL are reported."""
     ct, lungs, truth = phantom()
-    assert lb.resolve_lobe_source("none", ct, lungs) == (None, "none")
-    with pytest.raises(InputError, match="built-in lobe provider is not available yet"):
-        lb.resolve_lobe_source("builtin", ct, lungs)
-    if importlib.util.find_spec("lungmask") is None:
-        assert lb.resolve_lobe_source("auto", ct, lungs) == (None, "none")
-    with pytest.raises(InputError, match="lobe file not found"):
-        lb.resolve_lobe_source(str(tmp_path / "missing.nii.gz"), ct, lungs)
-    path = tmp_path / "lobes_lungmask.nii.gz"
-    io.write_label(path, ct, encode(truth, "lungmask"))
-    array, source = lb.resolve_lobe_source(str(path), ct, lungs)
-    assert source == "file:lungmask"
-    np.testing.assert_array_equal(array, truth)
-    array, source = lb.resolve_lobe_source(str(path), ct, lungs, convention="lungmask")
-    assert source == "file:lungmask"
-    provider = lb.ArrayLobes(truth, "truth")
-    assert provider.name == "truth"
-    np.testing.assert_array_equal(provider.lobes(ct, lungs), truth)
-
-
-def test_file_lobes_on_another_grid_are_resampled(tmp_path):
-    """A lobe map at twice the resolution over the same extent comes back onto the CT grid."""
-    ct, lungs, truth = phantom()
-    fine = truth.repeat(2, 0).repeat(2, 1).repeat(2, 2)
-    half = tuple(s / 2 for s in ct.spacing)
-    fine_volume = Volume(fine, half, origin=tuple(o - s / 4 for o, s in zip(ct.origin, ct.spacing)))
-    path = tmp_path / "fine.nrrd"
-    io.write_label(path, fine_volume, encode(fine, "totalsegmentator_v2"))
-    provider = lb.FileLobes(path)
-    np.testing.assert_array_equal(provider.lobes(ct, lungs), truth)
-    assert provider.name == "file:totalsegmentator_v2"
+    damaged = truth.copy()
+    damaged[BOXES[labels.RUL]] = 0  # a whole lobe missing: its voxels join the nearest lobe
+    damaged[0, 0, 0] = labels.RLL  # a lobe voxel outside the lungs
+    with caplog.at_level("WARNING"):
+        completed, repairs = lb.complete_lobes_with_report(damaged, lungs, ct)
+        lb.complete_lobes(damaged, lungs, ct, source="test map")
+    ml = ct.voxel_ml
+    assert repairs["unassigned_ml"] == pytest.approx(ml * np.count_nonzero(truth == labels.RUL), abs=1e-3)
+    assert repairs["outside_lungs_ml"] == pytest.approx(ml, abs=1e-3)
+    assert np.array_equal(completed > 0, lungs > 0)
+    assert "test map repaired on the lungs" in caplog.text and "without a lobe given the nearest lobe" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        lb.complete_lobes(truth, lungs, ct)
+    assert caplog.text == ""  # a clean map is not reported
