@@ -165,6 +165,32 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from covidlesionseg.export import export_files, export_folder
+
+    options = {"annotator": args.annotator, "include_identifiers": args.include_identifiers,
+               "dicom_seg": args.dicom_seg}
+    engine = {"id": args.engine} if args.engine else None
+    if args.batch:
+        if args.ct or args.original or args.final or args.case_id or args.patient_key:
+            raise io.InputError("--batch exports a folder of cases; drop --ct/--original/--final/--case-id")
+        results, errors = export_folder(args.batch, args.out, engine=engine, **options)
+    else:
+        if not (args.ct and args.final):
+            raise io.InputError("export needs --ct and --final (and usually --original), or --batch FOLDER")
+        results = [export_files(args.out, args.ct, args.original, args.final, lungs_path=args.lungs,
+                                lobes_path=args.lobes, engine=engine, case_id=args.case_id,
+                                patient_key=args.patient_key, **options)]
+        errors = []
+    if not args.quiet:
+        for result in results:
+            print(f"{result.case_id} version {result.version}")
+        print(f"wrote {args.out}")
+    for error in errors:
+        print(f"covidlesionseg: error: {error}", file=sys.stderr)
+    return EXIT_INPUT if errors else 0
+
+
 # --- parser --------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="covidlesionseg", description="COVID-19 lesion segmentation and severity scores")
@@ -234,6 +260,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--engine", default="classical")
     common(s)
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("export", help="append corrected cases to an export folder (nnU-Net v2 raw, MONAI datalist)")
+    s.add_argument("--ct", default=None, help="the CT (file or DICOM folder)")
+    s.add_argument("--original", default=None, help="the engine's lesion map (segment's lesions.nii.gz)")
+    s.add_argument("--final", default=None, help="the corrected lesion map")
+    s.add_argument("--lungs", default=None, help="lung map (computed when not given)")
+    s.add_argument("--lobes", default=None, help="lobe map in our convention (lobe-wise severity before/after)")
+    s.add_argument("--out", required=True, help="export folder (created; never overwritten, re-exports add versions)")
+    s.add_argument("--batch", default=None, metavar="FOLDER",
+                   help="export every case folder of FOLDER that holds lesions_final.nii.gz and a CT")
+    s.add_argument("--case-id", default=None, help="case id (default: a salted hash of the CT, pseudonymous)")
+    s.add_argument("--patient-key", default=None, help="patient key for validation folds (stored only hashed)")
+    s.add_argument("--annotator", default=None, help="who corrected the case (free text, optional)")
+    s.add_argument("--engine", default=None, help="engine/model id of --original (default: its severity.json)")
+    s.add_argument("--include-identifiers", action="store_true",
+                   help="record the source's patient name/ID and study/series UIDs in the provenance")
+    s.add_argument("--dicom-seg", action="store_true",
+                   help="also write a DICOM SEG (carries patient identifiers) under OUT/identifiable/; DICOM CT only")
+    common(s)
+    s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("bench", help="benchmarks that print figures")
     s.add_argument("what", choices=("pipeline", "live"))

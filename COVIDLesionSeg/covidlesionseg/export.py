@@ -42,7 +42,6 @@ LESION_CLASSES = {labels.LESION_LOW: "opacity < -200 HU", labels.LESION_HIGH: "h
 # A case folder for export_folder: the CT, segment's outputs, and the reader's corrected lesion map.
 FINAL_NAMES = ("lesions_final.nii.gz", "lesions_corrected.nii.gz")
 CT_NAMES = ("ct.nii.gz", "ct.nii", "ct.nrrd", "ct.mha", "dicom")
-PAUSE_ENV = "COVIDLESIONSEG_EXPORT_PAUSE"
 
 
 @dataclass
@@ -52,17 +51,6 @@ class ExportResult:
     case_id: str
     version: int
     paths: dict[str, Path] = field(default_factory=dict)
-
-
-def checkpoint(name: str) -> None:
-    """Fault-injection point for the crash tests: with ``COVIDLESIONSEG_EXPORT_PAUSE=name`` the process
-    says ``PAUSED name`` on stdout and waits there to be killed."""
-    if os.environ.get(PAUSE_ENV) == name:
-        import time
-
-        print(f"PAUSED {name}", flush=True)
-        while True:
-            time.sleep(60)
 
 
 def _label_array(name: str, array: np.ndarray | None, ct: io.Volume, allowed: set[int] | None = None) -> np.ndarray:
@@ -83,7 +71,8 @@ def _label_array(name: str, array: np.ndarray | None, ct: io.Volume, allowed: se
 
 def ct_digest(ct: io.Volume) -> str:
     """SHA-256 of the CT's voxels (float32 HU) and geometry: the same CT gives the same case id in one folder."""
-    h = hashlib.sha256(np.ascontiguousarray(ct.array, dtype=np.float32).tobytes())
+    voxels = np.ascontiguousarray(ct.array, dtype=np.float32) + np.float32(0.0)  # -0.0 and 0.0 are one HU
+    h = hashlib.sha256(voxels.tobytes())
     geometry = [list(ct.shape), np.round(ct.spacing, 4).tolist(), np.round(ct.origin, 4).tolist(),
                 np.round(ct.direction, 6).ravel().tolist()]
     h.update(json.dumps(geometry).encode())
@@ -207,9 +196,9 @@ def export_case(export_dir: str | os.PathLike, ct: io.Volume, original: np.ndarr
 
             write_dicom_seg(identifiable / store.DICOM_SEG, ct, dicom_folder,
                             {"lungs": final_lungs, "lesions": final_lesions})
-        checkpoint("staged")
+        store.checkpoint("staged")
         with store.locked(root):
-            checkpoint("locked")
+            store.checkpoint("locked")
             version = store.next_version(root, case_id)
             if not (staging / store.IMAGE).exists():
                 same_ct = [v for v in store.case_versions(root, case_id)
@@ -247,7 +236,7 @@ def export_case(export_dir: str | os.PathLike, ct: io.Volume, original: np.ndarr
                                              ("patient_name", "patient_id", "study_uid", "series_uid", "source")}
             io.write_json(staging / store.PROVENANCE, provenance)
             folder = store.commit(root, staging, case_id, version)
-            checkpoint("committed")
+            store.checkpoint("committed")
             store.rebuild_views(root)
     finally:
         for leftover in (staging, identifiable):

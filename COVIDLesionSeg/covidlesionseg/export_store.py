@@ -65,6 +65,7 @@ VIEWS = {
 }
 CASE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _VERSION_PATTERN = re.compile(r"^v(\d{4,})$")
+PAUSE_ENV = "COVIDLESIONSEG_EXPORT_PAUSE"
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,17 @@ def check_case_id(case_id: str) -> str:
     if not CASE_ID_PATTERN.match(case_id):
         raise InputError(f"case id {case_id!r}: use 1-64 letters, digits, '_' or '-' (no spaces, no dots)")
     return case_id
+
+
+def checkpoint(name: str) -> None:
+    """Fault-injection point of the crash tests: with ``COVIDLESIONSEG_EXPORT_PAUSE=name`` the process
+    prints ``PAUSED name`` and waits there to be killed (kill -9)."""
+    if os.environ.get(PAUSE_ENV) == name:
+        import time
+
+        print(f"PAUSED {name}", flush=True)
+        while True:
+            time.sleep(60)
 
 
 # --- locking, salt, staging ------------------------------------------------------------------
@@ -220,10 +232,10 @@ def commit(root: Path, staging: Path, case_id: str, version: int) -> Path:
 
 
 # --- views and the dataset files -------------------------------------------------------------------
-def _link_or_copy(source: Path, target: Path) -> None:
-    """Make ``target`` the same file as ``source``, replacing it atomically."""
+def _link_or_copy(source: Path, target: Path) -> bool:
+    """Make ``target`` the same file as ``source``, replacing it atomically; False when it already was."""
     if target.exists() and os.path.samefile(source, target):
-        return
+        return False
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(3)}")
     try:
@@ -231,6 +243,7 @@ def _link_or_copy(source: Path, target: Path) -> None:
     except OSError:  # a file system without hard links
         shutil.copy2(source, tmp)
     os.replace(tmp, target)
+    return True
 
 
 def _write_json_if_changed(path: Path, data: Any) -> None:
@@ -274,8 +287,8 @@ def rebuild_views(root: Path) -> list[CaseVersion]:
     for v in latest:
         for file in VIEWS:
             source = v.folder / file
-            if source.is_file():
-                _link_or_copy(source, view_path(root, v.case_id, file))
+            if source.is_file() and _link_or_copy(source, view_path(root, v.case_id, file)):
+                checkpoint("view")  # some views of this case are new, others not yet
     dataset, datalist, splits = dataset_documents(latest)
     _write_json_if_changed(root / DATALIST_JSON, datalist)
     _write_json_if_changed(root / SPLITS_JSON, splits)

@@ -1,8 +1,8 @@
 """Segments of an exported case and their coded terminology (SNOMED CT), for .seg.nrrd and DICOM SEG.
 
 One place for the segment names, colours and codes that the export writes.  Codes are SNOMED CT
-concepts as DICOM lists them in CID 7150 (segmented property categories), CID 7151 (types) and
-CID 244 (laterality); the category codes are the ones 3D Slicer's "General Anatomy" terminology uses,
+concepts as DICOM lists them in CID 7150 (segmented property categories) and CID 7151 (types);
+the category codes are the ones 3D Slicer's "General Anatomy" terminology uses,
 so a segment written here is recognised by Slicer's terminology selector and by the COVIDLesionSeg
 module, which matches segments by terminology type and laterality, then by name.
 
@@ -39,9 +39,9 @@ NO_CODE = Code("", "", "")
 ANATOMICAL_STRUCTURE = Code("SCT", "123037004", "Anatomical Structure")
 MORPHOLOGICALLY_ALTERED_STRUCTURE = Code("SCT", "49755003", "Morphologically Altered Structure")
 LUNG = Code("SCT", "39607008", "Lung")
+RIGHT_LUNG = Code("SCT", "3341006", "Right lung")
+LEFT_LUNG = Code("SCT", "44029006", "Left lung")
 LESION = Code("SCT", "52988006", "Lesion")
-RIGHT = Code("SCT", "24028007", "Right")
-LEFT = Code("SCT", "7771000", "Left")
 
 
 @dataclass(frozen=True)
@@ -65,12 +65,12 @@ class SegmentSpec:
                          NO_CODE.slicer()])
 
 
-# Names and colours as the Slicer module shows them (COVIDLesionSegLib/mrml.py); lungs include lesions.
+# Names, colours and codes as the Slicer module gives its segments; lungs include lesions.
 EXPORT_SEGMENTS: tuple[SegmentSpec, ...] = (
     SegmentSpec("right_lung", "Right lung", "lungs", labels.RIGHT_LUNG, (0.50, 0.70, 0.90),
-                ANATOMICAL_STRUCTURE, LUNG, type_modifier=RIGHT),
+                ANATOMICAL_STRUCTURE, RIGHT_LUNG),
     SegmentSpec("left_lung", "Left lung", "lungs", labels.LEFT_LUNG, (0.55, 0.85, 0.60),
-                ANATOMICAL_STRUCTURE, LUNG, type_modifier=LEFT),
+                ANATOMICAL_STRUCTURE, LEFT_LUNG),
     SegmentSpec("lesion", "Lesion", "lesions", 1, (0.90, 0.20, 0.15),
                 MORPHOLOGICALLY_ALTERED_STRUCTURE, LESION, anatomic_region=LUNG),
 )
