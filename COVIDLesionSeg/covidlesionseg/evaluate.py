@@ -29,8 +29,13 @@ def _volume_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and _SUFFIX.search(p.name))
 
 
-def pair_cases(images: str | os.PathLike, labels: str | os.PathLike) -> list[tuple[str, Path, Path]]:
-    """(case id, image, label) for every image; refuses images without a label and duplicate ids."""
+def match_cases(
+    images: str | os.PathLike, labels: str | os.PathLike
+) -> tuple[list[tuple[str, Path, Path]], list[str]]:
+    """(case id, image, label) for every image that has a label, and one line per image that has none.
+
+    Duplicate ids are refused (which file is meant cannot be told); an unmatched image is reported, not fatal.
+    """
     image_files = _volume_files(Path(images))
     if not image_files:
         raise io.InputError(f"no images (.nii.gz, .nii, .nrrd, .mha) in {images}")
@@ -40,15 +45,24 @@ def pair_cases(images: str | os.PathLike, labels: str | os.PathLike) -> list[tup
         if cid in label_by_id:
             raise io.InputError(f"two label files for case {cid}: {label_by_id[cid].name}, {p.name}")
         label_by_id[cid] = p
-    pairs, seen = [], set()
+    pairs, unmatched, seen = [], [], set()
     for p in image_files:
         cid = case_id(p.name, image=True)
         if cid in seen:
             raise io.InputError(f"two images for case {cid}")
         seen.add(cid)
         if cid not in label_by_id:
-            raise io.InputError(f"no label file for case {cid} ({p.name}) in {labels}")
+            unmatched.append(f"{cid}: no label file for {p.name} in {labels}")
+            continue
         pairs.append((cid, p, label_by_id[cid]))
+    return pairs, unmatched
+
+
+def pair_cases(images: str | os.PathLike, labels: str | os.PathLike) -> list[tuple[str, Path, Path]]:
+    """(case id, image, label) for every image; refuses an image without a label (training needs all)."""
+    pairs, unmatched = match_cases(images, labels)
+    if unmatched:
+        raise io.InputError(unmatched[0])
     return pairs
 
 
@@ -62,30 +76,38 @@ def evaluate_folders(
     label_values: Sequence[int] | None = None,
     progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
-    """Segment each image, compare lesions with truth; lesion = label > 0 unless ``label_values`` lists them."""
+    """Segment each image, compare lesions with truth; lesion = label > 0 unless ``label_values`` lists them.
+
+    Images without a label and cases whose files are refused (``InputError``) are listed under ``"errors"``
+    and the run goes on; the means are over the cases scored (null when none was).
+    """
     from covidlesionseg.metrics import case_metrics
     from covidlesionseg.models import make_engine
     from covidlesionseg.pipeline import run_segmentation
 
-    pairs = pair_cases(images, labels)
+    pairs, errors = match_cases(images, labels)
     engine = make_engine(engine_id, device=device)
     cases = []
     for n, (cid, image_path, label_path) in enumerate(pairs):
-        ct = io.read_ct(image_path)
-        truth_map = io.read_label(label_path, ct).array
-        truth = np.isin(truth_map, list(label_values)) if label_values else truth_map > 0
-
         def case_progress(fraction: float, message: str, n: int = n, cid: str = cid) -> None:
             if progress is not None:
                 progress((n + fraction) / len(pairs), f"{cid} {message}")
 
-        result = run_segmentation(ct, engine, lobes="none", progress=case_progress)
+        try:
+            ct = io.read_ct(image_path)
+            truth_map = io.read_label(label_path, ct).array
+            result = run_segmentation(ct, engine, lobes="none", progress=case_progress)
+        except io.InputError as exc:
+            errors.append(f"{cid}: {exc}")
+            continue
+        truth = np.isin(truth_map, list(label_values)) if label_values else truth_map > 0
         metrics = case_metrics(result.lesions > 0, truth, ct, nsd_mm=nsd_mm)
         cases.append({"id": cid, **{k: float(metrics[k]) for k in ("dice", "nsd", "fp_ml", "fn_ml")}})
     return {
         "engine": engine.describe(),
         "nsd_mm": nsd_mm,
         "cases": cases,
-        "mean_dice": float(np.mean([c["dice"] for c in cases])),
-        "mean_nsd": float(np.mean([c["nsd"] for c in cases])),
+        "mean_dice": float(np.mean([c["dice"] for c in cases])) if cases else None,
+        "mean_nsd": float(np.mean([c["nsd"] for c in cases])) if cases else None,
+        "errors": errors,
     }

@@ -1,8 +1,13 @@
 """Segmentation quality against a reference: Dice, normalized surface Dice, false positive/negative volume.
 
 Normalized surface Dice (NSD): Nikolov S, et al. Clinically applicable segmentation of head and neck
-anatomy for radiotherapy. J Med Internet Res 2021;23(7):e26151 (arXiv:1809.04430), as computed by
-MONAI's ``compute_surface_dice`` with the voxel spacing (tolerance in mm).  Both empty scores 1.
+anatomy for radiotherapy. J Med Internet Res 2021;23(7):e26151 (arXiv:1809.04430), computed by MONAI's
+``compute_surface_dice`` with the voxel spacing (tolerance in mm) and ``use_subvoxels=True``: boundaries as
+surface elements of the sub-voxel grid with their areas, as Nikolov et al. define it (MONAI's default,
+boundary voxels counted equally, differs from that definition).  Both empty scores 1.
+
+Shapes that differ are a caller's bug (the readers put every label map on the CT's grid and say so to the
+user), so they raise ``ValueError``, not ``InputError``.
 """
 
 from __future__ import annotations
@@ -13,14 +18,14 @@ import numpy as np
 import torch
 from monai.metrics import compute_surface_dice
 
-from covidlesionseg.io import InputError, Volume
+from covidlesionseg.io import Volume
 from covidlesionseg.masks import bounding_box
 
 
 def _masks(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     pred, truth = np.asarray(pred) > 0, np.asarray(truth) > 0
     if pred.shape != truth.shape:
-        raise InputError(f"prediction shape {pred.shape} differs from reference shape {truth.shape}")
+        raise ValueError(f"prediction shape {pred.shape} differs from reference shape {truth.shape}")
     return pred, truth
 
 
@@ -52,7 +57,8 @@ def surface_dice(pred: np.ndarray, truth: np.ndarray, spacing_zyx: tuple[float, 
     with warnings.catch_warnings():  # MONAI 1.5+ warns about its own internal use of a deprecated argument
         warnings.filterwarnings("ignore", message=".*always_return_as_numpy", category=FutureWarning)
         nsd = compute_surface_dice(as_tensor(pred), as_tensor(truth), class_thresholds=[float(tolerance_mm)],
-                                   include_background=True, spacing=[float(s) for s in spacing_zyx])
+                                   include_background=True, spacing=[float(s) for s in spacing_zyx],
+                                   use_subvoxels=True)
     return float(nsd[0, 0])
 
 
@@ -66,7 +72,7 @@ def case_metrics(pred: np.ndarray, truth: np.ndarray, ct: Volume, nsd_mm: float 
     """{"dice", "nsd", "fp_ml", "fn_ml"} of one case on the CT's grid (evaluate's per-case entry)."""
     pred, truth = _masks(pred, truth)
     if pred.shape != ct.shape:
-        raise InputError(f"label shape {pred.shape} differs from CT shape {ct.shape}")
+        raise ValueError(f"label shape {pred.shape} differs from CT shape {ct.shape}")
     fp_ml, fn_ml = fp_fn_ml(pred, truth, ct.voxel_ml)
     return {"dice": dice(pred, truth), "nsd": surface_dice(pred, truth, ct.spacing_zyx, nsd_mm),
             "fp_ml": fp_ml, "fn_ml": fn_ml}

@@ -9,7 +9,7 @@ from monai.metrics import compute_surface_dice
 from scipy import ndimage
 
 from covidlesionseg import metrics
-from covidlesionseg.io import InputError, Volume
+from covidlesionseg.io import Volume
 
 SHAPE = (40, 40, 40)
 
@@ -67,8 +67,24 @@ def test_cropping_matches_monai_on_the_whole_array(seed):
     a[:3, :4, :5] = True  # touching the border
     spacing = (2.0, 0.8, 1.1)
     full = compute_surface_dice(torch.from_numpy(a)[None, None], torch.from_numpy(b)[None, None], [1.5],
-                                include_background=True, spacing=list(spacing))
+                                include_background=True, spacing=list(spacing), use_subvoxels=True)
     assert metrics.surface_dice(a, b, spacing, 1.5) == pytest.approx(float(full[0, 0]))
+
+
+@pytest.mark.filterwarnings("ignore:.*always_return_as_numpy:FutureWarning")
+def test_surface_dice_is_nikolovs_subvoxel_definition():
+    """Surface elements weighted by area (Nikolov et al.), not boundary voxels counted equally: on anisotropic
+    voxels the two differ, and the value reported is the sub-voxel one."""
+    rng = np.random.default_rng(5)
+    smooth = [ndimage.gaussian_filter(rng.random((20, 24, 24)), 2.0) for _ in range(2)]
+    a, b = (m > np.quantile(m, 0.8) for m in smooth)
+    spacing = (3.0, 0.7, 0.7)
+    kwargs = {"include_background": True, "spacing": list(spacing)}
+    ta, tb = torch.from_numpy(a)[None, None], torch.from_numpy(b)[None, None]
+    voxels = float(compute_surface_dice(ta, tb, [2.0], use_subvoxels=False, **kwargs)[0, 0])
+    subvoxels = float(compute_surface_dice(ta, tb, [2.0], use_subvoxels=True, **kwargs)[0, 0])
+    assert abs(voxels - subvoxels) > 1e-3
+    assert metrics.surface_dice(a, b, spacing, 2.0) == pytest.approx(subvoxels)
 
 
 def test_fp_fn_ml_exact():
@@ -85,9 +101,9 @@ def test_case_metrics():
     assert set(result) == {"dice", "nsd", "fp_ml", "fn_ml"}
     assert result["dice"] == pytest.approx(2 * 11 / 24) and result["nsd"] == 1.0
     assert result["fp_ml"] == result["fn_ml"] == pytest.approx(144 * ct.voxel_ml)
-    with pytest.raises(InputError, match="shape"):
+    with pytest.raises(ValueError, match="shape"):
         metrics.case_metrics(pred[1:], truth[1:], ct)
-    with pytest.raises(InputError, match="shape"):
+    with pytest.raises(ValueError, match="shape"):
         metrics.dice(pred, truth[1:])
 
 
