@@ -11,6 +11,7 @@ Requires the optional dependency group ``dicom`` (``pip install covidlesionseg[d
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -98,13 +99,19 @@ def write_dicom_seg(path: str | os.PathLike, ct: Volume, source_dicom: str | os.
     for n, spec in enumerate(segments):
         source = np.asarray(maps[spec.source])
         pixel[..., n] = source > 0 if spec.source == "lesions" else source == spec.value
-    seg = highdicom.seg.Segmentation(
+    with warnings.catch_warnings():  # the source's patient name is copied as it is, one component or not
+        warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
+        seg = _segmentation(highdicom, sources, pixel, segments)
+    out = Path(path)
+    seg.save_as(out)
+    return out
+
+
+def _segmentation(highdicom, sources: list, pixel: np.ndarray, segments: Sequence[SegmentSpec]):
+    return highdicom.seg.Segmentation(
         source_images=sources, pixel_array=pixel, segmentation_type=highdicom.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[_description(n + 1, spec) for n, spec in enumerate(segments)],
         series_instance_uid=highdicom.UID(), series_number=900, sop_instance_uid=highdicom.UID(), instance_number=1,
         manufacturer=MANUFACTURER, manufacturer_model_name=SOFTWARE_NAME, software_versions=__version__,
         device_serial_number="0", series_description=SERIES_DESCRIPTION, content_label="LESIONS",
         content_description="Lungs and lesions corrected by a reader", omit_empty_frames=False)
-    out = Path(path)
-    seg.save_as(out)
-    return out
