@@ -34,7 +34,7 @@ from scipy import ndimage
 
 from covidlesionseg import labels
 from covidlesionseg.io import InputError, Volume
-from covidlesionseg.masks import bounding_box
+from covidlesionseg.masks import bounding_box, distance_to
 from covidlesionseg.masks import downsample as block_majority
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ OBLIQUE_SLOPE = 0.9  # dh/da of the oblique fissure in the lung-normalised frame
 OBLIQUE_POSTERIOR_HEIGHT = 0.65  # where the oblique fissure meets the posterior wall (fraction of lung height)
 MINOR_HEIGHT = 0.55  # minor fissure level (fraction of lung height), used only when a lung is cut
 TYPICAL_LUNG_HEIGHT_MM = 250.0
-WORK_MM = 1.5  # working grid for the image evidence
+WORK_MM = 2.0  # working grid for the image evidence
 SIGMA_MM = 1.2  # Hessian scale
 BAND_MM = 32.0  # how far from the prior a fissure is looked for
 PLEURA_MARGIN_MM = 4.5
@@ -71,11 +71,31 @@ class Surface:
     evidence: float = 0.0  # summed weight of the image evidence the fit used
 
     def frame(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        d = points - self.origin
-        return d @ self.normal, (d @ self.eu) / self.scale[0], (d @ self.ev) / self.scale[1]
+        axes = np.stack([self.normal, self.eu / self.scale[0], self.ev / self.scale[1]], 1).astype(points.dtype)
+        tuv = points @ axes - (self.origin @ axes).astype(points.dtype)
+        return tuv[:, 0], tuv[:, 1], tuv[:, 2]
 
     def height(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-        return _basis(u, v) @ self.coef
+        n = int(np.max(np.nonzero(self.coef)[0], initial=-1)) + 1  # terms in use
+        degree = next(d for d in range(POLY_DEGREE + 1) if _n_terms(d) >= n)
+        return _basis(u, v, degree) @ self.coef[: _n_terms(degree)].astype(u.dtype)
+
+    def side_on_box(self, grid: _Grid, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """:meth:`side` at every cell of the working grid's box [lo, hi) (k, j, i), by broadcasting."""
+        first, step = grid.affine()
+        axes = np.stack([self.normal, self.eu / self.scale[0], self.ev / self.scale[1]], 1)
+        base = (first - self.origin) @ axes
+        per_axis = step @ axes  # (3 index axes, 3 frame coordinates)
+        shape = tuple(int(b - a) for a, b in zip(lo, hi))
+        tuv = []
+        for c in range(3):
+            field = np.float32(base[c])
+            for a in range(3):
+                r = (np.arange(lo[a], hi[a], dtype=np.float32) * np.float32(per_axis[a, c]))
+                field = field + r.reshape([-1 if b == a else 1 for b in range(3)])
+            tuv.append(np.broadcast_to(field, shape))
+        t, u, v = tuv
+        return (t - self.height(u.ravel(), v.ravel()).reshape(shape)).astype(np.float32)
 
     def side(self, points: np.ndarray) -> np.ndarray:
         """Signed distance (mm, along the plane normal) of points above the fitted surface."""
@@ -89,8 +109,11 @@ def _n_terms(degree: int) -> int:
 
 def _basis(u: np.ndarray, v: np.ndarray, degree: int = POLY_DEGREE) -> np.ndarray:
     u, v = np.clip(u, -1.5, 1.5), np.clip(v, -1.5, 1.5)  # no wild extrapolation outside the lung
-    cols = [u**i * v ** (d - i) for d in range(degree + 1) for i in range(d, -1, -1)]
-    return np.stack(cols, axis=-1)
+    up, vp = [np.ones_like(u), u], [np.ones_like(v), v]
+    for _ in range(2, degree + 1):
+        up.append(up[-1] * u)
+        vp.append(vp[-1] * v)
+    return np.stack([up[i] * vp[d - i] for d in range(degree + 1) for i in range(d, -1, -1)], axis=-1)
 
 
 # --- grids ------------------------------------------------------------------------------------------------
@@ -118,10 +141,22 @@ class _Grid:
     def spacing_zyx(self) -> np.ndarray:
         return np.asarray(self.ct.spacing_zyx) * self.block
 
+    def affine(self) -> tuple[np.ndarray, np.ndarray]:
+        """(LPS mm of cell (0, 0, 0), (3, 3) LPS step of one cell along k, j, i)."""
+        ct = self.ct
+        sp = np.asarray(ct.spacing)
+        rows = np.stack([ct.direction[:, 2 - a] * sp[2 - a] for a in range(3)])  # LPS step of one voxel per axis
+        return np.asarray(ct.origin) + (self.start + (self.block - 1) / 2.0) @ rows, rows * self.block[:, None]
+
     def points(self, index: np.ndarray) -> np.ndarray:
-        """LPS mm of cell centres given (N, 3) cell indices (k, j, i)."""
-        full = self.start + index * self.block + (self.block - 1) / 2.0
-        return self.ct.lps_points(full)
+        """LPS mm (float32) of cell centres given (N, 3) cell indices (k, j, i)."""
+        first, step = self.affine()
+        index = np.asarray(index, np.float32)
+        out = np.empty((len(index), 3), np.float32)
+        for c in range(3):
+            out[:, c] = first[c] + index[:, 0] * np.float32(step[0, c]) + index[:, 1] * np.float32(step[1, c]) \
+                + index[:, 2] * np.float32(step[2, c])
+        return out
 
 
 def _working_grid(ct: Volume, lungs: np.ndarray) -> _Grid:
@@ -320,7 +355,7 @@ def builtin_lobes(ct: Volume, lungs: np.ndarray, *, use_image: bool = True) -> n
         oblique, minor = _prior(pts, side, frame)
         if use_image:
             oblique, minor = _refine(grid, side, pts, oblique, minor)
-        _label_side(ct, lungs, side, oblique, minor, out)
+        _label_side(ct, lungs, side, oblique, minor, out, grid)
     log.info("built-in lobes in %.2f s", time.perf_counter() - t0)
     return out
 
@@ -328,17 +363,17 @@ def builtin_lobes(ct: Volume, lungs: np.ndarray, *, use_image: bool = True) -> n
 def _refine(grid: _Grid, side: int, pts: np.ndarray, oblique: Surface,
             minor: Surface | None) -> tuple[Surface, Surface | None]:
     lung = grid.lungs == side
-    inner = ndimage.distance_transform_edt(lung, sampling=grid.spacing_zyx) > PLEURA_MARGIN_MM
+    inner = distance_to(lung, tuple(grid.spacing_zyx)) < -PLEURA_MARGIN_MM
     inner &= grid.hu < -500.0
-    cells = np.argwhere(inner)
-    if len(cells) == 0:
+    box = bounding_box(inner)
+    if box is None:
         return oblique, minor
-    cp = grid.points(cells)
-    near = np.abs(oblique.side(cp)) < BAND_MM
+    lo, hi = np.array([b.start for b in box]), np.array([b.stop for b in box])
+    near = np.abs(oblique.side_on_box(grid, lo, hi)) < BAND_MM
     if minor is not None:
-        near |= np.abs(minor.side(cp)) < BAND_MM
+        near |= np.abs(minor.side_on_box(grid, lo, hi)) < BAND_MM
     cand = np.zeros(lung.shape, bool)
-    cand[tuple(cells[near].T)] = True
+    cand[box] = near & inner[box]
     plates = _plates(grid, side, cand)
     ppts = grid.points(plates.index)
     support = pts[:: max(1, len(pts) // 400)]
@@ -352,27 +387,34 @@ def _refine(grid: _Grid, side: int, pts: np.ndarray, oblique: Surface,
 
 
 def _label_side(ct: Volume, lungs: np.ndarray, side: int, oblique: Surface, minor: Surface | None,
-                out: np.ndarray) -> None:
-    """Full-resolution labels of one lung's voxels, slab by slab."""
+                out: np.ndarray, grid: _Grid) -> None:
+    """Full-resolution labels of one lung's voxels: the surfaces' signed distances are smooth, so they are
+    evaluated at the working grid's cells and linearly interpolated to the voxels."""
     box = bounding_box(lungs == side)
     if box is None:
         return
-    step = max(1, 4_000_000 // max(1, (box[1].stop - box[1].start) * (box[2].stop - box[2].start)))
-    for k0 in range(box[0].start, box[0].stop, step):
-        sl = (slice(k0, min(k0 + step, box[0].stop)), box[1], box[2])
-        mask = lungs[sl] == side
-        idx = np.argwhere(mask)
-        if len(idx) == 0:
-            continue
-        pts = ct.lps_points(idx + [sl[0].start, box[1].start, box[2].start])
-        upper = oblique.side(pts) >= 0
-        if side == labels.RIGHT_LUNG:
-            lab = np.full(len(idx), labels.RLL, np.uint8)
-            if minor is not None:
-                lab[upper] = np.where(minor.side(pts[upper]) >= 0, labels.RUL, labels.RML)
-            else:
-                lab[upper] = labels.RUL
+    lo = np.array([s.start for s in box])
+    hi = np.array([s.stop for s in box])
+    c_lo = np.maximum((lo - grid.start) // grid.block - 1, 0)
+    c_hi = (hi - grid.start + grid.block - 1) // grid.block + 1
+    c_hi = np.minimum(c_hi, grid.hu.shape)
+    fields = [oblique.side_on_box(grid, c_lo, c_hi)]
+    if minor is not None:
+        fields.append(minor.side_on_box(grid, c_lo, c_hi))
+    # Voxel index -> fractional cell index: cell c covers voxels start + b c .. start + b c + b - 1.
+    mask = lungs[box] == side
+    idx = np.nonzero(mask)
+    coords = [(idx[a] + lo[a] - grid.start[a] - (grid.block[a] - 1) / 2.0) / grid.block[a] - c_lo[a]
+              for a in range(3)]
+    values = [ndimage.map_coordinates(f, coords, order=1, mode="nearest") for f in fields]
+    upper = values[0] >= 0
+    if side == labels.RIGHT_LUNG:
+        lab = np.full(len(idx[0]), labels.RLL, np.uint8)
+        if minor is not None:
+            lab[upper] = np.where(values[1][upper] >= 0, labels.RUL, labels.RML)
         else:
-            lab = np.where(upper, labels.LUL, labels.LLL).astype(np.uint8)
-        region = out[sl]
-        region[mask] = lab
+            lab[upper] = labels.RUL
+    else:
+        lab = np.where(upper, labels.LUL, labels.LLL).astype(np.uint8)
+    region = out[box]
+    region[mask] = lab

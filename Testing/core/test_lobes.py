@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from covidlesionseg import io, labels
+from covidlesionseg import labels
 from covidlesionseg import lobes as lb
 from covidlesionseg.io import InputError, Volume
 

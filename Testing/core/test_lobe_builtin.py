@@ -1,0 +1,106 @@
+"""The built-in lobe provider (covidlesionseg.lobe_builtin) on generated CT with exact lobes, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from covidlesionseg import labels
+from covidlesionseg.io import InputError, Volume
+from covidlesionseg.lobe_builtin import PUBLISHED_FRACTIONS, builtin_lobes
+from covidlesionseg.metrics import dice
+from covidlesionseg.phantom import generate_phantom
+
+FLIP_LR = np.diag([-1.0, -1.0, 1.0])
+
+
+def lobe_dice(pred: np.ndarray, truth: np.ndarray) -> dict[int, float]:
+    return {lobe: dice(pred == lobe, truth == lobe) for lobe in labels.LOBE_NAMES}
+
+
+def check_partition(lobes: np.ndarray, lungs: np.ndarray) -> None:
+    assert lobes.dtype == np.uint8
+    assert np.array_equal(labels.lungs_from_lobes(lobes), lungs)  # every lung voxel in one lobe of its side
+
+
+@pytest.fixture(scope="module")
+def coarse():
+    return generate_phantom(5, "CT2", shape=(64, 96, 96))
+
+
+@pytest.fixture(scope="module")
+def fine():
+    return generate_phantom(5, "CT0", spacing=(2.0, 2.0, 2.0))
+
+
+def test_prior_alone_on_coarse_ct(coarse):
+    """3.4 x 3.4 x 5.3 mm: no fissure is visible, the prior calibrated on published fractions does the work."""
+    lobes = builtin_lobes(coarse.ct, coarse.lungs)
+    check_partition(lobes, coarse.lungs)
+    scores = lobe_dice(lobes, coarse.lobes)
+    assert min(scores.values()) > 0.6 and np.mean(list(scores.values())) > 0.84, scores
+    in_lung = lobes[coarse.lungs > 0]
+    fractions = {lobe: 100.0 * np.mean(in_lung == lobe) for lobe in labels.LOBE_NAMES}
+    for lobe, published in PUBLISHED_FRACTIONS.items():  # the prior's volumes, up to the lungs' own sizes
+        assert abs(fractions[lobe] - published) < 6.0, (labels.LOBE_NAMES[lobe], fractions[lobe])
+
+
+def test_fissure_evidence_improves_on_the_prior(fine):
+    """At 2 mm the fissures are visible: the fitted surfaces beat the prior planes in every lobe."""
+    prior = lobe_dice(builtin_lobes(fine.ct, fine.lungs, use_image=False), fine.lobes)
+    fitted = lobe_dice(builtin_lobes(fine.ct, fine.lungs), fine.lobes)
+    assert all(fitted[lobe] >= prior[lobe] - 0.005 for lobe in labels.LOBE_NAMES), (prior, fitted)
+    assert np.mean(list(fitted.values())) > np.mean(list(prior.values())) + 0.02
+    assert np.mean(list(fitted.values())) > 0.9 and min(fitted.values()) > 0.8, fitted
+
+
+def test_sides_come_from_the_direction_cosines(coarse):
+    """The same chest stored mirrored along i with a mirrored direction gives the mirrored lobes."""
+    ct = coarse.ct
+    flipped = Volume(np.ascontiguousarray(ct.array[:, ::-1, ::-1]), ct.spacing,
+                     tuple(ct.lps_points([[0, ct.shape[1] - 1, ct.shape[2] - 1]])[0]), ct.direction @ FLIP_LR)
+    lungs = np.ascontiguousarray(coarse.lungs[:, ::-1, ::-1])
+    lobes = builtin_lobes(flipped, lungs)[:, ::-1, ::-1]
+    check_partition(lobes, coarse.lungs)
+    agreement = lobe_dice(lobes, builtin_lobes(ct, coarse.lungs))  # the working grid's blocks fall differently
+    assert min(agreement.values()) > 0.97, agreement
+
+
+def test_one_lung_only_and_lungs_cut_by_the_field_of_view(coarse, caplog):
+    right_only = np.where(coarse.lungs == labels.RIGHT_LUNG, coarse.lungs, 0).astype(np.uint8)
+    lobes = builtin_lobes(coarse.ct, right_only)
+    check_partition(lobes, right_only)
+    assert set(np.unique(lobes)) == {0, labels.RUL, labels.RML, labels.RLL}
+    # Keep the lower half of the slices: lungs touch the top slice, so a typical lung height stands in.
+    axis, sign = coarse.ct.patient_axis("SI")
+    assert axis == 0 and sign > 0
+    rows = np.flatnonzero(coarse.lungs.any(axis=(1, 2)))
+    cut = int(rows.mean())
+    ct = Volume(coarse.ct.array[:cut], coarse.ct.spacing, coarse.ct.origin, coarse.ct.direction)
+    lungs = np.ascontiguousarray(coarse.lungs[:cut])
+    with caplog.at_level("WARNING"):
+        lobes = builtin_lobes(ct, lungs)
+    assert "cut by the field of view at the top" in caplog.text
+    check_partition(lobes, lungs)
+    truth = coarse.lobes[:cut]
+    assert np.mean(lobes[lungs > 0] == truth[lungs > 0]) > 0.6  # half a lung: a typical height stands in
+
+
+def test_bad_input(coarse):
+    with pytest.raises(InputError, match="no lung voxels"):
+        builtin_lobes(coarse.ct, np.zeros(coarse.ct.shape, np.uint8))
+    with pytest.raises(InputError, match="must lie on the CT grid"):
+        builtin_lobes(coarse.ct, coarse.lungs[1:])
+
+
+def test_demo_runs_the_builtin_provider(tmp_path):
+    from covidlesionseg.demo import run_demo
+
+    run_demo(tmp_path / "demo", shape=(48, 80, 80), quiet=True)
+    severity = json.loads((tmp_path / "demo" / "segmentation" / "severity.json").read_text())
+    assert severity["lobe_source"] == "builtin" and severity["LSS"] is not None
+    metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    assert set(metrics["lobes"]) == {f"{name} Dice" for name in labels.LOBE_NAMES.values()}
+    assert min(metrics["lobes"].values()) > 0.3  # coarse 80x80 grid, lungs from the classical engine
