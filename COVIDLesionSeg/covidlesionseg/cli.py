@@ -19,23 +19,30 @@ EXIT_INTERNAL = 1
 
 
 class _Progress:
-    """A tqdm bar driven by engine-style (fraction, message) callbacks; silent when not a terminal.
+    """Progress from engine-style (fraction, message) callbacks, on stderr: a tqdm bar on a terminal, one
+    line per stage (``segment:  35% right and left``) when stderr is a file or pipe; nothing with ``quiet``.
 
-    With ``COVIDLESIONSEG_PROGRESS=lines`` it prints ``PROGRESS <fraction> <message>`` lines on stdout
-    instead, which the Slicer module reads from its subprocess.
+    With ``lines`` (``--progress-lines``) or ``COVIDLESIONSEG_PROGRESS=lines`` it prints
+    ``PROGRESS <fraction 0..1> <message>`` lines on stdout instead, which the Slicer module reads from its
+    subprocess (COVIDLesionSegLib.process parses exactly this: split on the first two spaces).
     """
 
-    def __init__(self, desc: str, quiet: bool = False):
+    def __init__(self, desc: str, quiet: bool = False, lines: bool = False):
         from tqdm import tqdm
 
-        self.lines = os.environ.get("COVIDLESIONSEG_PROGRESS") == "lines"
-        self.bar = tqdm(total=100, desc=desc, file=sys.stderr, disable=True if (quiet or self.lines) else None,
+        self.lines = lines or os.environ.get("COVIDLESIONSEG_PROGRESS") == "lines"
+        self.stage_lines = not (quiet or self.lines or sys.stderr.isatty())
+        self.desc, self.stage = desc, None
+        self.bar = tqdm(total=100, desc=desc, file=sys.stderr, disable=quiet or self.lines or self.stage_lines,
                         bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} {postfix}")
         self.done = 0
 
     def __call__(self, fraction: float, message: str = "") -> None:
         if self.lines:
             print(f"PROGRESS {fraction:.3f} {message}", flush=True)
+        elif self.stage_lines and message and message != self.stage:
+            self.stage = message
+            print(f"{self.desc}: {100 * fraction:3.0f}% {message}", file=sys.stderr, flush=True)
         target = int(round(100 * fraction))
         if target > self.done:
             self.bar.update(target - self.done)
@@ -45,6 +52,17 @@ class _Progress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def _warn_device(device: str, engine) -> None:
+    """``--device cuda`` that cannot be honoured is said, not silently replaced by the CPU (``auto`` is quiet)."""
+    if device != "cuda" or str(getattr(engine, "device", "cpu")).startswith("cuda"):
+        return
+    import torch
+
+    why = (f"the {engine.name} engine has no GPU code" if torch.cuda.is_available()
+           else "no CUDA GPU is available here")
+    print(f"covidlesionseg: warning: --device cuda: {why}; running on the CPU", file=sys.stderr)
 
 
 def _severity_config(args: argparse.Namespace):
@@ -64,13 +82,20 @@ def cmd_segment(args: argparse.Namespace) -> int:
     lobes = args.lobes
     check_lobe_spec(lobes)
     engine = make_engine(args.engine, device=args.device)
-    bar = _Progress("segment", args.quiet)
+    _warn_device(args.device, engine)
+    bar = _Progress("segment", args.quiet, args.progress_lines)
     try:
         result = run_segmentation(ct, engine, lobes=lobes, lobe_convention=args.lobe_convention,
                                   config=_severity_config(args), progress=bar)
     finally:
         bar.close()
     write_result(result, args.output)
+    if args.report:
+        from covidlesionseg.report import write_report
+
+        with io.staged_output(args.output) as stage:
+            write_report(ct, result.lesions, result.lungs, result.lobes, result.severity, stage,
+                         title=f"COVIDLesionSeg: {os.path.basename(os.path.normpath(args.input))}")
     if args.timings:
         io.write_json(args.timings, result.timings)
     if not args.quiet:
@@ -85,10 +110,13 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     doc = score_files(args.ct, args.lesions, lungs_path=args.lungs, lobes=args.lobes or "auto",
                       lobe_convention=args.lobe_convention, config=_severity_config(args))
-    io.write_json(args.output, doc)
+    output = args.output
+    if os.path.isdir(output) or output.endswith(("/", os.sep)):
+        output = os.path.join(output, labels.SEVERITY_FILE)
+    io.write_json(output, doc)
     if not args.quiet:
         print(lobe_table(doc))
-        print(f"wrote {args.output}")
+        print(f"wrote {output}")
     return 0
 
 
@@ -115,7 +143,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from covidlesionseg.evaluate import evaluate_folders
 
     label_values = [int(v) for v in args.label_map.split(",")] if args.label_map else None
-    bar = _Progress("evaluate", args.quiet)
+    bar = _Progress("evaluate", args.quiet, args.progress_lines)
     try:
         doc = evaluate_folders(args.images, args.labels, engine_id=args.engine, device=args.device,
                                nsd_mm=args.nsd_mm, label_values=label_values, progress=bar)
@@ -126,7 +154,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         for case in doc["cases"]:
             print(f"{case['id']}: Dice {case['dice']:.3f}  NSD@{args.nsd_mm:g}mm {case['nsd']:.3f}  "
                   f"FP {case['fp_ml']:.1f} mL  FN {case['fn_ml']:.1f} mL")
-        print(f"mean Dice {doc['mean_dice']:.3f}  mean NSD {doc['mean_nsd']:.3f}  ({len(doc['cases'])} cases)")
+        if doc["cases"]:
+            print(f"mean Dice {doc['mean_dice']:.3f}  mean NSD {doc['mean_nsd']:.3f}  ({len(doc['cases'])} cases)")
+        print(f"wrote {args.output}")
+    for error in doc["errors"]:  # every case was tried; each failure is one line, and the exit says so
+        print(f"covidlesionseg: error: {error}", file=sys.stderr)
+    if doc["errors"]:
+        print(f"covidlesionseg: error: {len(doc['errors'])} of {len(doc['errors']) + len(doc['cases'])} images "
+              "not scored", file=sys.stderr)
+        return EXIT_INPUT
     return 0
 
 
@@ -205,59 +241,77 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--floor-ml", type=float, default=0.1,
                             help="lesion volume at or below which a region scores as p = 0 (default %(default)s)")
 
+    def progress_lines(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--progress-lines", action="store_true",
+                        help="print 'PROGRESS <fraction> <message>' lines on stdout for a calling program "
+                             "(also COVIDLESIONSEG_PROGRESS=lines); default: a bar on a terminal, stage lines "
+                             "otherwise")
+
     s = sub.add_parser("segment", help="segment lungs, lesions and lobes; write label maps and severity.json")
     s.add_argument("input", help=".nii/.nii.gz/.nrrd/.mha file or DICOM folder")
     s.add_argument("-o", "--output", required=True, help="output folder")
-    s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where a neural engine runs: auto (GPU when present), cpu, or cuda (warns when it "
+                        "cannot be used)")
     s.add_argument("--engine", default=None, help="classical or a model id (default: the registry default)")
     s.add_argument("--lobes", default="auto",
                    help="auto | builtin | totalsegmentator | lungmask | none | FILE (default auto: FILE when given, "
                         "else TotalSegmentator or lungmask when installed, else the built-in lobes)")
     s.add_argument("--lobe-convention", default=None, help="convention of --lobes FILE when detection is ambiguous")
     s.add_argument("--timings", default=None, help=argparse.SUPPRESS)
+    s.add_argument("--report", action="store_true",
+                   help="also write report.png and report.html (key slices, per-lobe chart, scores) in the output")
+    progress_lines(s)
     common(s, scores=True)
     s.set_defaults(func=cmd_segment)
 
-    s = sub.add_parser("score", help="recompute severity from (corrected) label maps")
-    s.add_argument("ct")
-    s.add_argument("lesions")
-    s.add_argument("--lungs", default=None)
+    s = sub.add_parser(
+        "score", help="recompute severity from (corrected) label maps",
+        description="Recompute severity from (corrected) label maps.  Lesion = label > 0; the opacity split "
+                    "(label 1 < -200 HU, 2 >= -200 HU) and so PHO and LHOS come from the CT's HU, never from the "
+                    "lesion labels: relabelling a region changes nothing (docs/contracts.md).")
+    s.add_argument("ct", help="the CT (.nii/.nii.gz/.nrrd/.mha file or DICOM folder)")
+    s.add_argument("lesions", help="lesion label map on the CT's grid (lesion = label > 0; label values are ignored)")
+    s.add_argument("--lungs", default=None, help="lung label map (1 right, 2 left); computed from the CT when absent")
     s.add_argument("--lobes", default=None, help="lobe file (any convention in contracts.md), or none")
-    s.add_argument("--lobe-convention", default=None)
-    s.add_argument("-o", "--output", required=True, help="severity.json to write")
+    s.add_argument("--lobe-convention", default=None, help="convention of --lobes when detection is ambiguous")
+    s.add_argument("-o", "--output", required=True, help="severity.json to write, or a folder to write it in")
     common(s, scores=True)
     s.set_defaults(func=cmd_score)
 
     s = sub.add_parser("phantom", help="generate a chest CT with exact truth")
-    s.add_argument("-o", "--output", required=True)
-    s.add_argument("--seed", type=int, required=True)
-    s.add_argument("--severity", choices=labels.CT_CATEGORIES, default="CT2")
+    s.add_argument("-o", "--output", required=True, help="output folder")
+    s.add_argument("--seed", type=int, required=True, help="random seed: the same seed gives the same CT")
+    s.add_argument("--severity", choices=labels.CT_CATEGORIES, default="CT2", help="target CT category")
     s.add_argument("--shape", type=int, nargs=3, metavar=("K", "J", "I"), help="matrix (slices rows columns)")
     common(s)
     s.set_defaults(func=cmd_phantom)
 
     s = sub.add_parser("evaluate", help="segment a folder of images and compare with label maps")
-    s.add_argument("--images", required=True)
-    s.add_argument("--labels", required=True)
+    s.add_argument("--images", required=True, help="folder of CT images (X.nii.gz or X_0000.nii.gz)")
+    s.add_argument("--labels", required=True, help="folder of lesion label maps (X.nii.gz or X_label.nii.gz)")
     s.add_argument("-o", "--output", required=True, help="metrics.json to write")
-    s.add_argument("--nsd-mm", type=float, default=2.0)
+    s.add_argument("--nsd-mm", type=float, default=2.0, help="tolerance of the normalized surface Dice, mm "
+                                                             "(default %(default)s)")
     s.add_argument("--label-map", default=None, help="comma-separated label values that count as lesion")
-    s.add_argument("--engine", default=None)
-    s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    s.add_argument("--engine", default=None, help="classical or a model id (default: the registry default)")
+    s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where a neural engine runs")
+    progress_lines(s)
     common(s)
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("models", help="list engines and models; choose the default")
-    s.add_argument("--json", action="store_true")
-    s.add_argument("--set-default", default=None, metavar="ID")
+    s.add_argument("--json", action="store_true", help="print the list as JSON (contracts.md)")
+    s.add_argument("--set-default", default=None, metavar="ID", help="make model ID the one segment uses")
     s.set_defaults(func=cmd_models)
 
     s = sub.add_parser("demo", help="the embedded default: generated CT, whole pipeline, report")
-    s.add_argument("-o", "--output", required=True)
-    s.add_argument("--seed", type=int, default=7)
-    s.add_argument("--severity", choices=labels.CT_CATEGORIES, default="CT2")
-    s.add_argument("--shape", type=int, nargs=3, metavar=("K", "J", "I"), default=None)
-    s.add_argument("--engine", default="classical")
+    s.add_argument("-o", "--output", required=True, help="output folder")
+    s.add_argument("--seed", type=int, default=7, help="seed of the generated CT (default %(default)s)")
+    s.add_argument("--severity", choices=labels.CT_CATEGORIES, default="CT2", help="target CT category")
+    s.add_argument("--shape", type=int, nargs=3, metavar=("K", "J", "I"), default=None,
+                   help="matrix (slices rows columns) of the generated CT")
+    s.add_argument("--engine", default="classical", help="classical or a model id (default %(default)s)")
     common(s)
     s.set_defaults(func=cmd_demo)
 
@@ -282,10 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("bench", help="benchmarks that print figures")
-    s.add_argument("what", choices=("pipeline", "live"))
-    s.add_argument("--json", action="store_true")
-    s.add_argument("--shape", type=int, nargs=3, metavar=("K", "J", "I"), default=None)
-    s.add_argument("--engine", default="classical")
+    s.add_argument("what", choices=("pipeline", "live"), help="pipeline: segment time and memory; live: "
+                                                               "edit-to-score latency")
+    s.add_argument("--json", action="store_true", help="print the figures as one JSON line")
+    s.add_argument("--shape", type=int, nargs=3, metavar=("K", "J", "I"), default=None,
+                   help="matrix of the generated CT (default 300 512 512)")
+    s.add_argument("--engine", default="classical", help="classical or a model id (default %(default)s)")
     s.set_defaults(func=cmd_bench)
     return p
 

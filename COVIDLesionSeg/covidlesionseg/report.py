@@ -1,10 +1,24 @@
-"""Human-readable views of severity.json: the per-lobe table and the demo's Markdown report."""
+"""Human-readable views of severity.json: the per-lobe table, the demo's Markdown report, and the report a
+radiologist reads (``write_report``: report.png and a self-contained report.html, after Topff et al.'s
+structured report and the PDF report of 3D Slicer's Lung CT Analyzer).  Score names, units, ranges and
+references come from ``severity.SCORES``.
+"""
 
 from __future__ import annotations
 
+import base64
+import html
+import os
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from covidlesionseg import labels
+from covidlesionseg.io import Volume
+from covidlesionseg.severity import SCORES
+
+RESEARCH_NOTE = "Research use only: not a diagnosis and not a triage decision."
 
 
 def _fmt(value: Any, digits: int = 1) -> str:
@@ -42,10 +56,118 @@ def lobe_table(severity: dict[str, Any]) -> str:
     )
     if cov and not cov.get("complete", True):
         lines.append(f"coverage incomplete: {cov.get('reason')}")
-    added = severity.get("lesions_outside_lungs_ml") or 0.0
-    if added > 0:
-        lines.append(f"lungs extended by {added:.2f} mL: lesion voxels outside the lung mask joined the nearest lobe")
+    lines += _extension_lines(severity)
     return "\n".join(lines)
+
+
+def _extension_lines(severity: dict[str, Any]) -> list[str]:
+    added = severity.get("lesions_outside_lungs_ml") or 0.0
+    if added <= 0:
+        return []
+    joined = "the nearest lobe" if severity.get("lobes") else "the nearest lung"
+    return [f"lungs extended by {added:.2f} mL: lesion voxels outside the lung mask joined {joined}"]
+
+
+def engine_line(severity: dict[str, Any]) -> str:
+    """Engine and model, with the weights' sha256 only when the engine has weights."""
+    model = severity.get("model") or {}
+    sha = model.get("sha256")
+    weights = f"model {model.get('id')} sha256 {sha[:16]}" if sha else "no trained weights"
+    return f"engine {severity.get('engine')} ({weights})"
+
+
+def region_rows(severity: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per lobe (when lobes exist) else per lung: name, kind, percent, high-opacity percent, points."""
+    lobes = severity.get("lobes") or {}
+    if lobes:
+        return [{"region": name, "kind": "lobe", **lobes[name]} for name in labels.LOBE_NAMES.values() if name in lobes]
+    return [{"region": f"{side} lung", "kind": "lung", "high_opacity_percent": None, "lss": None, "ctss": None,
+             **lung} for side, lung in (severity.get("lungs") or {}).items() if lung]
+
+
+def score_rows(severity: dict[str, Any]) -> list[dict[str, str]]:
+    """The whole-chest scores as declared in ``severity.SCORES``: name, formatted value, range."""
+    rows = []
+    for score in SCORES:
+        value = severity.get(score.key)
+        text = "-" if value is None else (f"{value:.2f}{score.unit}" if isinstance(value, float) else str(value))
+        if value is None and score.needs_full_coverage:
+            text = "- (needs whole lobes/lungs)" if not (severity.get("coverage") or {}).get("complete", True) else (
+                "- (no lobes)" if not severity.get("lobes") and score.key != "CT_category" else "-")
+        rows.append({"key": score.key, "name": f"{score.key}: {score.name}", "value": text,
+                     "range": score.value_range, "reference": score.reference})
+    return rows
+
+
+def info_lines(severity: dict[str, Any]) -> list[str]:
+    """Coverage, lobe source, volumes, engine and software: what a reader needs to trust the numbers."""
+    cov = severity.get("coverage") or {}
+    lines = [f"coverage: {'complete' if cov.get('complete', True) else 'INCOMPLETE'}"]
+    if cov.get("reason"):
+        lines += [f"  {part.strip()}" for part in str(cov["reason"]).split(";")]
+    lines.append(f"lobe source: {severity.get('lobe_source')}")
+    lines.append(f"lungs {_fmt(severity.get('lung_ml'))} mL, lesions {_fmt(severity.get('lesion_ml'), 2)} mL, "
+                 f"high opacity {_fmt(severity.get('high_opacity_ml'), 2)} mL")
+    config = severity.get("config") or {}
+    lines.append(f"high opacity >= {_fmt(config.get('high_opacity_hu'), 0)} HU; region p = 0 at <= "
+                 f"{config.get('floor_ml')} mL of lesion")
+    lines += _extension_lines(severity)
+    lines.append(engine_line(severity))
+    software = severity.get("software") or {}
+    lines.append(f"software {software.get('name')} {software.get('version')}")
+    return lines
+
+
+def write_report(ct: Volume, lesions: np.ndarray, lungs: np.ndarray | None, lobes: np.ndarray | None,
+                 severity: dict[str, Any], folder: str | os.PathLike, title: str) -> tuple[Path, Path]:
+    """Write ``report.png`` (the page as a picture) and ``report.html`` (the picture embedded, the tables as
+    text: one file to hand on) into ``folder``; returns both paths.  Needs matplotlib."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        from covidlesionseg.io import InputError
+
+        raise InputError("the report needs matplotlib: pip install 'covidlesionseg[report]'") from None
+    from covidlesionseg.preview import render_report_figure
+
+    out = Path(folder)
+    png, page = out / "report.png", out / "report.html"
+    render_report_figure(ct, lesions, lungs, lobes, severity, png, title)
+    picture = base64.b64encode(png.read_bytes()).decode("ascii")
+    page.write_text(report_html(severity, title, picture), encoding="utf-8")
+    return png, page
+
+
+def report_html(severity: dict[str, Any], title: str, png_base64: str | None = None) -> str:
+    """A self-contained HTML page: title, the note, the picture (inline), scores with references, regions."""
+    esc = html.escape
+    score_table = "".join(
+        f"<tr><td>{esc(r['name'])}</td><td>{esc(r['value'])}</td><td>{esc(r['range'])}</td>"
+        f"<td class=ref>{esc(r['reference'])}</td></tr>" for r in score_rows(severity))
+    region_table = "".join(
+        f"<tr><td>{esc(r['region'])}</td><td>{_fmt(r.get('volume_ml'))}</td><td>{_fmt(r.get('lesion_ml'), 2)}</td>"
+        f"<td>{_fmt(r.get('percent'), 2)}</td><td>{_fmt(r.get('high_opacity_percent'), 2)}</td>"
+        f"<td>{_fmt(r.get('lss'))}</td><td>{_fmt(r.get('lhos'))}</td><td>{_fmt(r.get('ctss'))}</td></tr>"
+        for r in region_rows(severity))
+    info = "".join(f"<li>{esc(line)}</li>" for line in info_lines(severity))
+    picture = (f'<img alt="key axial and coronal slices, involvement per lobe, scores" '
+               f'src="data:image/png;base64,{png_base64}">' if png_base64 else "")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
+<style>body{{font-family:sans-serif;margin:1.5em;max-width:1650px}} .note{{color:#b00020;font-weight:bold}}
+table{{border-collapse:collapse;margin:0.5em 0 1em}} td,th{{border:1px solid #bbb;padding:3px 8px;text-align:left}}
+.ref{{font-size:0.85em;color:#444}} img{{max-width:100%}}</style></head>
+<body><h1>{esc(title)}</h1><p class=note>{esc(RESEARCH_NOTE)}</p>
+{picture}
+<h2>Scores</h2><table><tr><th>score</th><th>value</th><th>range</th><th>reference</th></tr>{score_table}</table>
+<h2>Regions</h2><table><tr><th>region</th><th>volume mL</th><th>lesion mL</th><th>lesion %</th><th>high-opacity %</th>
+<th>LSS</th><th>LHOS</th><th>CTSS</th></tr>{region_table}</table>
+<p>Lesion = opacity segmented by the engine; the split at -200 HU comes from the CT's HU. A region scores
+p = 0 when its lesion volume is at or below the floor. Scores that assume whole lobes or lungs are left out when
+coverage is incomplete.</p>
+<h2>Coverage and provenance</h2><ul>{info}</ul>
+<p class=note>{esc(RESEARCH_NOTE)}</p></body></html>
+"""
 
 
 def markdown_report(
@@ -58,7 +180,7 @@ def markdown_report(
 ) -> str:
     """A short structured report: scores, the per-lobe table, agreement with truth when known."""
     out = [f"# {title}", ""]
-    out.append(f"Engine: `{severity.get('engine')}` (model sha256: {severity.get('model', {}).get('sha256')}); "
+    out.append(f"{engine_line(severity).capitalize()}; "
                f"software {severity['software']['name']} {severity['software']['version']}.")
     out.append("")
     if picture:
@@ -73,5 +195,5 @@ def markdown_report(
         out += ["| lesion agreement | value |", "|---|---|"]
         out += [f"| {k} | {_fmt(v, 3)} |" for k, v in metrics.items()]
         out.append("")
-    out.append("CT category is reported as a research measure, not a triage decision.")
+    out.append(RESEARCH_NOTE)
     return "\n".join(out) + "\n"

@@ -121,6 +121,43 @@ class SeverityConfig:
 DEFAULT_CONFIG = SeverityConfig()
 
 
+# --- the scores, each declared once -------------------------------------------------------------------
+@dataclass(frozen=True)
+class Score:
+    """One whole-chest score of severity.json: its key, what users read, unit, bins and the paper it is from.
+
+    ``bins`` names the ``SeverityConfig`` scale whose edges it uses (None for a plain percentage); reports,
+    tables and docs read this list instead of keeping their own copies of names and references.
+    """
+
+    key: str
+    name: str
+    unit: str
+    value_range: str
+    bins: str | None
+    reference: str
+    needs_full_coverage: bool
+
+
+CHAGANTI = ("Chaganti S, et al. Automated quantification of CT patterns associated with COVID-19 from chest CT. "
+            "Radiol Artif Intell 2020;2(4):e200048")
+SCORES: tuple[Score, ...] = (
+    Score("PO", "percentage of opacity", "%", "0-100", None, CHAGANTI, False),
+    Score("PHO", "percentage of high opacity", "%", "0-100", None, CHAGANTI, False),
+    Score("LSS", "lung severity score", "points", "0-20", "LSS",
+          CHAGANTI + "; after Bernheim A, et al. Radiology 2020;295(3):200463", True),
+    Score("LHOS", "lung high-opacity score", "points", "0-20", "LHOS", CHAGANTI, True),
+    Score("CTSS", "CT severity score", "points", "0-25", "CTSS",
+          "Pan F, et al. Radiology 2020;295(3):715-721; bins and categories as Topff L, et al. write them", True),
+    Score("CTSS_category", "CTSS category", "", "none-severe", "CTSS_category",
+          "Topff L, et al.", True),
+    Score("CT_category", "CT category (Moscow)", "", "CT0-CT4", "CT_category",
+          "Morozov SP, et al. (MosMedData, Moscow CT0-CT4 grading); volume-based as Goncharov M, et al. "
+          "Med Image Anal 2021;71:102054.  CT0: no signs of viral pneumonia", True),
+)
+SCORE_BY_KEY = {score.key: score for score in SCORES}
+
+
 # --- points of one region --------------------------------------------------------------------------
 def lss_points(percent: float, lesion_ml: float, config: SeverityConfig = DEFAULT_CONFIG) -> int:
     """Lobe points 0-4 of LSS (Chaganti et al. after Bernheim et al.); LHOS uses the high-opacity values."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import subprocess
@@ -121,10 +122,15 @@ def test_evaluate_pairs_cases_and_scores_them(phantom_dir, tmp_path):
     case = doc["cases"][0]
     assert 0.6 < case["dice"] <= 1.0 and 0.0 <= case["nsd"] <= 1.0 and case["fp_ml"] >= 0 and case["fn_ml"] >= 0
     assert doc["mean_dice"] == pytest.approx(case["dice"])
-    (images / "case2.nii.gz").write_bytes((phantom_dir / labels.CT_FILE).read_bytes())
+    (images / "case2.nii.gz").write_bytes((phantom_dir / labels.CT_FILE).read_bytes())  # no label for case2
+    (images / "case3.nii.gz").write_bytes((phantom_dir / labels.CT_FILE).read_bytes()[:5000])  # truncated
+    shutil.copy(phantom_dir / labels.LESIONS_FILE, labels_dir / "case3.nii.gz")
     assert main(["evaluate", "--images", str(images), "--labels", str(labels_dir), "-o", str(tmp_path / "m2.json"),
-                 "--engine", "classical", "-q"]) == 2
-    assert not (tmp_path / "m2.json").exists()
+                 "--engine", "classical", "-q"]) == 2  # every case tried, the failures said, the exit non-zero
+    doc = json.loads((tmp_path / "m2.json").read_text())
+    assert [c["id"] for c in doc["cases"]] == ["case1"]
+    assert [e.split(":")[0] for e in doc["errors"]] == ["case2", "case3"]
+    assert "no label file" in doc["errors"][0] and "truncated" in doc["errors"][1]
 
 
 def test_models_json_lists_classical_as_the_only_default(monkeypatch, tmp_path, capsys):
@@ -183,3 +189,84 @@ def test_demo_writes_report_and_pictures(tmp_path):
     assert metrics["lesions"]["dice"] > 0.5
     report = (out / "report.md").read_text()
     assert "| CT_category |" in report and "RUL" in report
+
+
+def test_score_output_folder_gets_severity_json(phantom_dir, segmented, tmp_path):
+    folder = tmp_path / "scores"
+    folder.mkdir()
+    args = ["score", str(phantom_dir / labels.CT_FILE), str(segmented / labels.LESIONS_FILE), "--lobes",
+            str(segmented / labels.LOBES_FILE), "-q", "-o"]
+    assert main([*args, str(folder)]) == 0
+    assert main([*args, str(tmp_path / "new") + "/"]) == 0
+    for written in (folder / labels.SEVERITY_FILE, tmp_path / "new" / labels.SEVERITY_FILE):
+        assert json.loads(written.read_text())["PO"] > 0
+
+
+def test_every_option_has_help():
+    from covidlesionseg.cli import build_parser
+
+    def walk(parser, name):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub_name, sub in action.choices.items():
+                    yield from walk(sub, f"{name} {sub_name}")
+            elif action.help != argparse.SUPPRESS:
+                yield name, action
+
+    missing = [f"{name} {'/'.join(a.option_strings) or a.dest}" for name, a in walk(build_parser(), "covidlesionseg")
+               if not a.help]
+    assert missing == []
+
+
+def test_score_help_says_pho_comes_from_hu(capsys):
+    with pytest.raises(SystemExit):
+        main(["score", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "PHO and LHOS come from the CT's HU, never from the lesion labels" in text
+
+
+def test_stage_lines_when_not_a_terminal_and_progress_lines_for_slicer(phantom_dir, tmp_path, capsys):
+    ct = str(phantom_dir / labels.CT_FILE)
+    assert main(["segment", ct, "-o", str(tmp_path / "a"), "--engine", "classical", "--lobes", "none"]) == 0
+    captured = capsys.readouterr()
+    stages = [line for line in captured.err.splitlines() if line.startswith("segment:")]
+    assert len(stages) >= 5 and stages[-1].endswith("done")  # stderr is not a terminal under pytest
+    assert "PROGRESS" not in captured.out
+    assert main(["segment", ct, "-o", str(tmp_path / "b"), "--engine", "classical", "--lobes", "none",
+                 "--progress-lines", "-q"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("PROGRESS ")]
+    fractions = [float(line.split(" ", 2)[1]) for line in lines]  # parsed as COVIDLesionSegLib.process does
+    assert len(lines) >= 5 and fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert all(len(line.split(" ", 2)) == 3 for line in lines)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a CUDA GPU is present: nothing to warn about")
+def test_device_cuda_without_gpu_warns(phantom_dir, tmp_path, capsys):
+    assert main(["segment", str(phantom_dir / labels.CT_FILE), "-o", str(tmp_path / "s"), "--engine", "classical",
+                 "--lobes", "none", "--device", "cuda", "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: --device cuda: no CUDA GPU is available here; running on the CPU" in err
+
+
+def test_no_lobe_message_without_lobes_and_no_none_sha(phantom_dir, tmp_path, capsys):
+    from covidlesionseg.report import lobe_table, markdown_report
+
+    doc = {"lobes": {}, "lobe_source": "none", "lesions_outside_lungs_ml": 1.5, "engine": "classical",
+           "model": {"id": "classical", "sha256": None}, "software": {"name": "COVIDLesionSeg", "version": "x"}}
+    assert "joined the nearest lung" in lobe_table(doc) and "lobe" not in lobe_table(doc).split("joined")[1]
+    assert "None" not in markdown_report("t", doc) and "no trained weights" in markdown_report("t", doc)
+    with_lobes = {**doc, "lobes": {"RUL": {"volume_ml": 1.0, "lesion_ml": 0.0, "percent": 0.0,
+                                           "high_opacity_percent": 0.0, "lss": 0, "lhos": 0, "ctss": 0}}}
+    assert "joined the nearest lobe" in lobe_table(with_lobes)
+
+
+@pytest.mark.parametrize("cut", ["truncated", "header-only"])
+def test_broken_input_files_exit_2_with_one_line(phantom_dir, tmp_path, capsys, cut):
+    raw = (phantom_dir / labels.CT_FILE).read_bytes()
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(raw[: len(raw) // 2] if cut == "truncated" else __import__("gzip").compress(
+        __import__("gzip").decompress(raw)[:352]))
+    assert main(["segment", str(bad), "-o", str(tmp_path / "out"), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("covidlesionseg: error: bad.nii.gz: truncated") and "\n" not in err
+    assert not (tmp_path / "out").exists()
