@@ -161,6 +161,11 @@ def fsync_tree(folder: Path) -> None:
         if path.is_file():
             with open(path, "rb") as fh:
                 os.fsync(fh.fileno())
+    fsync_dir(folder)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (a rename into it) to disk."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -227,7 +232,7 @@ def commit(root: Path, staging: Path, case_id: str, version: int) -> Path:
             path.chmod(0o444)  # versions are never changed; the views are hard links to them
     fsync_tree(staging)
     os.rename(staging, target)
-    fsync_tree(target.parent)
+    fsync_dir(target.parent)
     return target
 
 
