@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from covidlesionseg import io, labels
+from covidlesionseg import lobe_providers as lp
 from covidlesionseg import lobes as lb
 
 # TotalSegmentator v2 lobe ids and their voxel counts in example_seg.nii.gz (../shared/data/README.md).
@@ -54,7 +55,7 @@ def test_totalsegmentator_file_as_lobe_source(totalseg, shared_data):
     lobes, _ = lb.convert_lobe_map(seg.array, "totalsegmentator_v2")
     lungs = labels.lungs_from_lobes(lobes)
     path = shared_data / "abdomen_lung_bases" / "example_seg.nii.gz"
-    completed, source = lb.resolve_lobe_source(str(path), ct, lungs)
+    completed, source = lp.resolve_lobe_source(str(path), ct, lungs)
     assert source == "file:totalsegmentator_v2"
     np.testing.assert_array_equal(completed, lobes)
 
@@ -100,3 +101,36 @@ def test_laterality_tells_our_convention_from_lungmask_on_real_lobes(totalseg, s
         converted, detected = lb.convert_lobe_map(encoded, ct=grid)
         assert detected == convention
         np.testing.assert_array_equal(converted, lobes)
+
+
+def test_builtin_lobes_on_a_real_chest_take_published_fractions(shared_data):
+    """cip_chest64 (4 mm voxels, no fissure visible): the prior's lobes, every lung voxel in one lobe, volumes
+    near the adult fractions of CT volumetry, right lobes on the patient's right."""
+    from covidlesionseg.lobe_builtin import PUBLISHED_FRACTIONS
+    from covidlesionseg.lungs import segment_lungs
+
+    ct = io.read_ct(shared_data / "cip_chest64" / "ct-64.nrrd")
+    lungs = segment_lungs(ct)
+    lobes, source = lp.resolve_lobe_source("builtin", ct, lungs)
+    assert source == "builtin"
+    assert np.array_equal(labels.lungs_from_lobes(lobes), lungs)
+    in_lung = lobes[lungs > 0]
+    for lobe, published in PUBLISHED_FRACTIONS.items():
+        assert abs(100.0 * np.mean(in_lung == lobe) - published) < 3.0, labels.LOBE_NAMES[lobe]
+    assert mean_lps_x(ct, np.isin(lobes, RIGHT_LOBES)) + 50 < mean_lps_x(ct, np.isin(lobes, LEFT_LOBES))
+    # The upper lobes lie above the lower lobes (LPS z toward the head).
+    z = {lobe: float(ct.lps_points(np.argwhere(lobes == lobe))[:, 2].mean()) for lobe in labels.LOBE_NAMES}
+    assert z[labels.RUL] > z[labels.RML] > z[labels.RLL] - 15 and z[labels.LUL] > z[labels.LLL]
+
+
+def test_builtin_lobes_on_the_lung_bases_of_an_abdominal_ct(shared_data, caplog):
+    """Only the lung bases in the field of view: lobes still cover every lung voxel, the cut is reported."""
+
+    ct = io.read_ct(shared_data / "abdomen_lung_bases" / "example_ct_sm.nii.gz")
+    seg = io.read_label(shared_data / "abdomen_lung_bases" / "example_seg.nii.gz", ct, resample=True)
+    ts_lobes, _ = lb.convert_lobe_map(seg.array, "totalsegmentator_v2")
+    lungs = labels.lungs_from_lobes(ts_lobes)
+    with caplog.at_level("WARNING"):
+        lobes, _ = lp.resolve_lobe_source("builtin", ct, lungs)
+    assert "cut by the field of view" in caplog.text
+    assert np.array_equal(labels.lungs_from_lobes(lobes), lungs)
