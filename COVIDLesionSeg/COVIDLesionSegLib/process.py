@@ -29,7 +29,7 @@ LEADER = (
     "try:\n    os.setpgrp()\nexcept (AttributeError, OSError):\n    pass\n"
     "print('WORKER_PGID', os.getpgrp() if hasattr(os, 'getpgrp') else os.getpid(), flush=True)\n"
     "def _watch():\n"
-    "    while sys.stdin.buffer.read(4096):\n        pass\n"
+    "    while os.read(0, 4096):\n        pass\n"
     "    if hasattr(os, 'killpg'):\n        os.killpg(os.getpgrp(), signal.SIGKILL)\n"
     "    os._exit(1)\n"
     "threading.Thread(target=_watch, daemon=True).start()\n"
@@ -145,7 +145,13 @@ class SubprocessRunner:
             self.state.add_line(line)
             if self._on_line:
                 self._on_line(line)
-        if self.process is None or self.process.poll() is None or not self._reader_done.is_set():
+        if self.process is None or self.process.poll() is None:
+            return False
+        if not self._reader_done.is_set():
+            # The worker has ended but something it started still holds the pipe: end the rest of its tree.
+            self._reader_done.wait(0.2)
+            if not self._reader_done.is_set():
+                kill_process_group(self.state.pgid or self.process.pid)
             return False
         if self._lines.empty() and self.state.exit_code is None:
             self.state.finish(self.process.returncode)
@@ -159,7 +165,6 @@ class SubprocessRunner:
         """Block until the run ends (scripts, tests), delivering lines as they come."""
         assert self.process is not None, "start() first"
         self.process.wait(timeout)
-        self._reader_done.wait(timeout)
         while not self.poll():
             pass
         return self.state
@@ -216,6 +221,8 @@ class QProcessRunner:
             self.state.add_line(self._partial.decode("utf-8", errors="replace"))
             self._partial = b""
         self.state.finish(int(exit_code))
+        if self.state.pgid:
+            kill_process_group(self.state.pgid)  # anything the worker started and left behind
         if self._on_finished:
             self._on_finished(int(exit_code))
 
