@@ -270,3 +270,20 @@ def test_broken_input_files_exit_2_with_one_line(phantom_dir, tmp_path, capsys, 
     err = capsys.readouterr().err.strip()
     assert err.startswith("covidlesionseg: error: bad.nii.gz: truncated") and "\n" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_readme_keeps_its_two_commands_first_and_its_doc_links_resolve():
+    import re as _re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text()
+    first_block = readme.split("```")[1]
+    assert "covidlesionseg demo -o demo_out" in first_block and "python -m pytest" in first_block
+    links = _re.findall(r"\]\((docs/[^)#]+)", readme)
+    assert "docs/contracts.md" in links
+    for link in links:
+        assert (root / link).exists(), link
+    for doc in (root / "docs").glob("*.md"):
+        for target in _re.findall(r"\]\(([\w.-]+\.md)", doc.read_text()):
+            assert (root / "docs" / target).exists(), f"{doc.name} -> {target}"
