@@ -179,8 +179,9 @@ def export_case(export_dir: str | os.PathLike, ct: io.Volume, original: np.ndarr
         stats = edit_statistics(ct, original, final, config)
         original_label = training_label(original_lungs, original)
 
-    staging = store.new_staging(root)
-    identifiable = store.new_staging(root) if dicom_seg else None
+    stage = store.Staging(root)
+    ident_stage = store.Staging(root) if dicom_seg else None
+    staging, identifiable = stage.path, (ident_stage.path if ident_stage else None)
     try:
         same_ct = [v for v in store.case_versions(root, case_id) if v.provenance["source"]["ct_sha256"] == digest]
         if not same_ct:
@@ -239,9 +240,9 @@ def export_case(export_dir: str | os.PathLike, ct: io.Volume, original: np.ndarr
             store.checkpoint("committed")
             store.rebuild_views(root)
     finally:
-        for leftover in (staging, identifiable):
-            if leftover is not None and leftover.exists():
-                shutil.rmtree(leftover, ignore_errors=True)
+        for owned in (stage, ident_stage):
+            if owned is not None:
+                owned.close()
     # The files of this version (never changed); imagesTr/labelsTr show them only while it is the latest.
     names = {"image": store.IMAGE, "label": store.LABEL, "original": store.ORIGINAL, "lobes": store.LOBES,
              "seg_nrrd": store.SEGMENTATION, "provenance": store.PROVENANCE}

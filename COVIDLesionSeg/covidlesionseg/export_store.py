@@ -10,7 +10,8 @@ Layout of an export folder (an nnU-Net v2 raw dataset and a MONAI datalist at th
     .export.lock  .salt  .staging/
 
 Writing a version: its files are written into ``.staging/<pid>-<random>/`` without the lock, then
-under an exclusive ``fcntl.flock`` on ``.export.lock`` the next version number is taken and the
+under an exclusive lock on ``.export.lock`` (``fcntl.flock``; ``msvcrt.locking`` on Windows; the
+kernel releases it when the process dies) the next version number is taken and the
 staged folder is renamed to ``versions/CASE/vNNNN`` (one atomic rename: the commit).  The views and
 JSON files are then rebuilt from ``versions/`` (each file replaced atomically).  A process killed at
 any point leaves every committed version intact; the views it may have left stale are rebuilt by
@@ -20,7 +21,7 @@ any point leaves every committed version intact; the views it may have left stal
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import filecmp
 import hashlib
 import json
 import os
@@ -105,16 +106,46 @@ def checkpoint(name: str) -> None:
 
 
 # --- locking, salt, staging ------------------------------------------------------------------
+if os.name == "nt":  # pragma: no cover - Slicer on Windows
+    import msvcrt
+
+    def _lock(fh, blocking: bool = True) -> bool:
+        fh.seek(0)
+        while True:
+            try:
+                msvcrt.locking(fh.fileno(), msvcrt.LK_LOCK if blocking else msvcrt.LK_NBLCK, 1)
+                return True
+            except OSError:
+                if not blocking:
+                    return False
+
+    def _unlock(fh) -> None:
+        fh.seek(0)
+        msvcrt.locking(fh.fileno(), msvcrt.LK_UNLCK, 1)
+else:
+    import fcntl
+
+    def _lock(fh, blocking: bool = True) -> bool:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            return True
+        except BlockingIOError:
+            return False
+
+    def _unlock(fh) -> None:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
 @contextlib.contextmanager
 def locked(root: Path) -> Iterator[None]:
     """Hold the folder's exclusive lock (released by the kernel when the process dies, even by kill -9)."""
     root.mkdir(parents=True, exist_ok=True)
     with open(root / LOCK_FILE, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        _lock(fh)
         try:
             yield
         finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            _unlock(fh)
 
 
 def salt(root: Path) -> str:
@@ -131,27 +162,48 @@ def pseudonym(root: Path, prefix: str, *parts: str) -> str:
     return f"{prefix}{digest[:12]}"
 
 
-def new_staging(root: Path) -> Path:
-    staging = root / STAGING_DIR / f"{os.getpid()}-{secrets.token_hex(4)}"
-    staging.mkdir(parents=True)
-    return staging
+class Staging:
+    """A private folder under ``.staging/``, owned while its sibling ``NAME.lock`` is locked by this process.
 
+    A process killed while owning one releases the lock with its death; :func:`recover` then removes
+    the folder.  No process ids are involved (they are reused, and cannot be probed safely on Windows).
+    """
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    def __init__(self, root: Path):
+        base = root / STAGING_DIR
+        base.mkdir(parents=True, exist_ok=True)
+        name = f"{os.getpid()}-{secrets.token_hex(4)}"
+        with locked(root):  # so that a sweep never sees the lock file before it is locked
+            self._lock_path = base / f"{name}.lock"
+            self._fh = open(self._lock_path, "a+")  # held open for the folder's lifetime
+            _lock(self._fh)
+            self.path = base / name
+            self.path.mkdir()
+
+    def close(self) -> None:
+        """Remove what is left of the folder (nothing after a commit) and give up ownership."""
+        if self.path.exists():
+            shutil.rmtree(self.path, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            _unlock(self._fh)
+        self._fh.close()
+        with contextlib.suppress(OSError):
+            self._lock_path.unlink()
 
 
 def _sweep_staging(root: Path) -> None:
-    """Remove staging folders left by dead processes (a killed export); live ones are another export's."""
-    for folder in (root / STAGING_DIR).glob("*"):
-        pid = folder.name.split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+    """Remove staging folders whose owner died (a killed export); those of live exports stay (call under the lock)."""
+    base = root / STAGING_DIR
+    for lock_path in sorted(base.glob("*.lock")):
+        with open(lock_path, "a+") as fh:
+            if not _lock(fh, blocking=False):
+                continue  # a live export owns it
+            shutil.rmtree(base / lock_path.name[: -len(".lock")], ignore_errors=True)
+            _unlock(fh)
+        with contextlib.suppress(OSError):
+            lock_path.unlink()
+    for folder in base.glob("*"):
+        if folder.is_dir() and not (base / f"{folder.name}.lock").exists():
             shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -165,7 +217,9 @@ def fsync_tree(folder: Path) -> None:
 
 
 def fsync_dir(folder: Path) -> None:
-    """Flush a folder's entries (a rename into it) to disk."""
+    """Flush a folder's entries (a rename into it) to disk (POSIX; Windows cannot open folders as files)."""
+    if os.name == "nt":  # pragma: no cover
+        return
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -227,9 +281,10 @@ def commit(root: Path, staging: Path, case_id: str, version: int) -> Path:
     """Atomically publish a staged version folder as ``versions/CASE/vNNNN`` (call under the lock)."""
     target = root / VERSIONS_DIR / case_id / version_name(version)
     target.parent.mkdir(parents=True, exist_ok=True)
-    for path in staging.rglob("*"):
-        if path.is_file():
-            path.chmod(0o444)  # versions are never changed; the views are hard links to them
+    if os.name != "nt":  # Windows refuses to replace a read-only file, and the views are links to these
+        for path in staging.rglob("*"):
+            if path.is_file():
+                path.chmod(0o444)  # versions are never changed; the views are hard links to them
     fsync_tree(staging)
     os.rename(staging, target)
     fsync_dir(target.parent)
@@ -316,6 +371,11 @@ def recover(root: Path) -> list[CaseVersion]:
 
 
 # --- checking ---------------------------------------------------------------------------------------
+def _same_content(view: Path, source: Path) -> bool:
+    """The view is the version's file: a hard link to it, or (file systems without links) an equal copy."""
+    return os.path.samefile(view, source) or filecmp.cmp(view, source, shallow=False)
+
+
 def check_export(root: str | os.PathLike, *, verify_hashes: bool = True) -> list[str]:
     """Problems of an export folder as it is on disk (no lock, nothing changed); empty when valid.
 
@@ -360,6 +420,6 @@ def check_export(root: str | os.PathLike, *, verify_hashes: bool = True) -> list
             latest = versions[-1]
             for file in VIEWS:
                 view, source = view_path(root, latest.case_id, file), latest.folder / file
-                if source.is_file() and not (view.is_file() and os.path.samefile(view, source)):
+                if source.is_file() and not (view.is_file() and _same_content(view, source)):
                     problems.append(f"view {view.relative_to(root)} is not version {latest.version}")
     return problems
