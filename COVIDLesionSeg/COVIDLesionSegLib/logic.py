@@ -31,7 +31,7 @@ from COVIDLesionSegLib import editor, mrml, process, terminology
 from COVIDLesionSegLib.live import LiveScorer
 from COVIDLesionSegLib.parameters import Parameters
 
-SEVERITY_ATTRIBUTE = "COVIDLesionSeg.severity"
+SEVERITY_ATTRIBUTE = mrml.SEVERITY_ATTRIBUTE
 VOLUME_REFERENCE = "COVIDLesionSeg.volume"
 LOBE_SOURCES = ("builtin", "segmentation", "file", "none")
 
@@ -351,7 +351,6 @@ class COVIDLesionSegLogic:
     @staticmethod
     def _update_table(table_node, severity: dict[str, Any]) -> None:
         mrml.update_severity_table(severity, table_node)
-        table_node.SetAttribute(SEVERITY_ATTRIBUTE, json.dumps(severity))
 
     # --- live scores ----------------------------------------------------------------------------------
     def start_live(self, scheduler, on_update: Callable[[LiveScorer], None] | None = None,

@@ -6,6 +6,7 @@ Imports slicer (runs in the Slicer application and headless on slicer-core); the
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ from covidlesionseg import labels
 from covidlesionseg.io import Volume
 from COVIDLesionSegLib.terminology import SegmentSpec
 
+SEVERITY_ATTRIBUTE = "COVIDLesionSeg.severity"
 RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0])
 
 def volume_from_node(node) -> Volume:
@@ -196,7 +198,7 @@ def update_severity_table(severity: dict[str, Any], table_node=None):
     table_node.SetAndObserveTable(table)
     for column_name, _kind in TABLE_COLUMNS:
         table_node.SetColumnProperty(column_name, "nullValue", "-1")
-    table_node.SetAttribute("COVIDLesionSeg.severity", "1")
+    table_node.SetAttribute(SEVERITY_ATTRIBUTE, json.dumps(severity))  # saved with the scene
     return table_node
 
 
