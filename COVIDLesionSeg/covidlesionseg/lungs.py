@@ -485,7 +485,7 @@ def split_right_left(mask: np.ndarray, ct: Volume) -> np.ndarray:
     """
     mask = np.asarray(mask) > 0
     if mask.shape != ct.shape:
-        raise InputError(f"lung mask shape {mask.shape} differs from the CT's {ct.shape}")
+        raise ValueError(f"lung mask shape {mask.shape} differs from the CT's {ct.shape}")  # a caller's bug
     frame = _Frame.of(ct)
     m = frame.to_canonical(mask)
     out = np.zeros(m.shape, np.uint8)
@@ -507,7 +507,7 @@ def include_lesions(lungs: np.ndarray, lesions: np.ndarray, ct: Volume) -> tuple
     lungs = np.asarray(lungs)
     lesion = np.asarray(lesions) > 0
     if lungs.shape != ct.shape or lesion.shape != ct.shape:
-        raise InputError(f"lungs {lungs.shape} and lesions {lesion.shape} must lie on the CT grid {ct.shape}")
+        raise ValueError(f"lungs {lungs.shape} and lesions {lesion.shape} must lie on the CT grid {ct.shape}")
     lungs = lungs.astype(np.uint8, copy=False)
     out = lungs.copy()
     outside = lesion & (out == 0)

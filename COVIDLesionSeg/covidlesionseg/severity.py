@@ -202,7 +202,7 @@ def split_opacity(lesion_mask: np.ndarray, ct_hu: np.ndarray | Volume,
     hu = ct_hu.array if isinstance(ct_hu, Volume) else np.asarray(ct_hu)
     mask = np.asarray(lesion_mask) > 0
     if mask.shape != hu.shape:
-        raise InputError(f"lesion map shape {mask.shape} differs from CT shape {hu.shape}")
+        raise ValueError(f"lesion map shape {mask.shape} differs from CT shape {hu.shape}")  # a caller's bug
     out = mask.astype(np.uint8)
     high = hu >= config.high_opacity_hu
     high &= mask
@@ -219,7 +219,7 @@ def _slabs(shape: tuple[int, ...]) -> Iterator[slice]:
 def _check_shape(name: str, array: np.ndarray, ct: Volume) -> np.ndarray:
     array = np.asarray(array)
     if array.shape != ct.shape:
-        raise InputError(f"{name} map shape {array.shape} differs from CT shape {ct.shape}")
+        raise ValueError(f"{name} map shape {array.shape} differs from CT shape {ct.shape}")  # a caller's bug
     return array
 
 
