@@ -86,8 +86,11 @@ def grow_at(volume_node, lesion_node, ijk: tuple[int, int, int], *, window: tupl
     from COVIDLesionSegLib import mrml
 
     hu = slicer.util.arrayFromVolume(volume_node)  # a view, no copy
-    lung_mask_id = segment_id(lesion_node, terminology.LUNG_MASK)
-    internal = mrml.internal_labelmap(lesion_node, lung_mask_id, volume_node)
+    try:
+        lung_mask_id = segment_id(lesion_node, terminology.LUNG_MASK)
+    except ValueError:  # another segmentation: the editor's own masking still applies
+        lung_mask_id = ""
+    internal = mrml.internal_labelmap(lesion_node, lung_mask_id, volume_node) if lung_mask_id else None
 
     def allowed(box):
         if internal is None:
@@ -104,8 +107,8 @@ def grow_at(volume_node, lesion_node, ijk: tuple[int, int, int], *, window: tupl
 
     spacing = volume_node.GetSpacing()
     kji = (int(ijk[2]), int(ijk[1]), int(ijk[0]))
-    return regiongrow.grow_region(hu, kji, (spacing[2], spacing[1], spacing[0]), window=window, allowed=allowed,
-                                  radius_mm=radius_mm)
+    return regiongrow.grow_region(hu, kji, (spacing[2], spacing[1], spacing[0]), window=window,
+                                  allowed=allowed if lung_mask_id else None, radius_mm=radius_mm)
 
 
 def modifier_labelmap(result: regiongrow.GrowResult, volume_node):
