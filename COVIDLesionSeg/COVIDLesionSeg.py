@@ -86,15 +86,15 @@ class COVIDLesionSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for source in LOBE_SOURCES:
             self.ui.lobeSourceComboBox.addItem(source)
 
-        editor = self.ui.segmentEditorWidget
-        editor.setMRMLScene(slicer.mrmlScene)
-        editor.setSegmentationNodeSelectorVisible(False)  # only the lesion node; anatomy never reaches it
-        editor.setSourceVolumeNodeSelectorVisible(False)
-        editor.setSwitchToSegmentationsButtonVisible(False)
+        editor_widget = self.ui.segmentEditorWidget
+        editor_widget.setMRMLScene(slicer.mrmlScene)
+        editor_widget.setSegmentationNodeSelectorVisible(False)  # only the lesion node; anatomy never reaches it
+        editor_widget.setSourceVolumeNodeSelectorVisible(False)
+        editor_widget.setSwitchToSegmentationsButtonVisible(False)
         from COVIDLesionSegLib.editor import EFFECTS
 
-        editor.setEffectNameOrder(EFFECTS)
-        editor.unorderedEffectsVisible = False
+        editor_widget.setEffectNameOrder(EFFECTS)
+        editor_widget.unorderedEffectsVisible = False
         self.select_editor_node()
 
         for widget in (self.ui.engineComboBox, self.ui.deviceComboBox, self.ui.lobeSourceComboBox):
