@@ -20,7 +20,8 @@ def cip(shared_data):
 @pytest.fixture(scope="module")
 def cip_segmented(cip, tmp_path_factory):
     out = tmp_path_factory.mktemp("cip") / "nrrd"
-    assert main(["segment", str(cip / "ct-64.nrrd"), "-o", str(out), "--engine", "classical", "-q"]) == 0
+    assert main(["segment", str(cip / "ct-64.nrrd"), "-o", str(out), "--engine", "classical", "--lobes", "none",
+                 "-q"]) == 0
     return out
 
 
@@ -42,7 +43,7 @@ def test_cip_lungs_sides_and_normal_lung_po(cip, cip_segmented):
 
 def test_cip_dicom_series_gives_the_same_result(cip, cip_segmented, tmp_path):
     out = tmp_path / "dicom"
-    assert main(["segment", str(cip / "dicom"), "-o", str(out), "--engine", "classical", "-q"]) == 0
+    assert main(["segment", str(cip / "dicom"), "-o", str(out), "--engine", "classical", "--lobes", "none", "-q"]) == 0
     for name in (labels.LUNGS_FILE, labels.LESIONS_FILE):
         a = io.read_label(out / name).array
         b = io.read_label(cip_segmented / name).array
