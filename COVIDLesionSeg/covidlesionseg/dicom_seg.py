@@ -27,7 +27,7 @@ SERIES_DESCRIPTION = "COVIDLesionSeg corrected lesions"
 MANUAL_PROCESSING = Code("DCM", "123109", "Manual Processing")
 
 
-def _require_highdicom():
+def require_highdicom():
     try:
         import highdicom
         import pydicom
@@ -38,7 +38,7 @@ def _require_highdicom():
 
 def read_source_series(folder: str | os.PathLike, ct: Volume) -> list:
     """The source CT's DICOM datasets (pixel data skipped), one per slice of ``ct`` in its k order."""
-    _, pydicom = _require_highdicom()
+    _, pydicom = require_highdicom()
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"DICOM SEG needs the source DICOM folder; {folder} is not a folder")
@@ -64,12 +64,12 @@ def read_source_series(folder: str | os.PathLike, ct: Volume) -> list:
 
 
 def _concept(code: Code):
-    highdicom, _ = _require_highdicom()
+    highdicom, _ = require_highdicom()
     return highdicom.sr.CodedConcept(value=code.value, scheme_designator=code.scheme, meaning=code.meaning)
 
 
 def _description(number: int, spec: SegmentSpec):
-    highdicom, _ = _require_highdicom()
+    highdicom, _ = require_highdicom()
     kwargs = {}
     if spec.anatomic_region.value:
         kwargs["anatomic_regions"] = [_concept(spec.anatomic_region)]
@@ -93,7 +93,7 @@ def _description(number: int, spec: SegmentSpec):
 def write_dicom_seg(path: str | os.PathLike, ct: Volume, source_dicom: str | os.PathLike,
                     maps: Mapping[str, np.ndarray], segments: Sequence[SegmentSpec] = EXPORT_SEGMENTS) -> Path:
     """Write a binary DICOM SEG of ``maps`` (label maps on the CT grid) referencing the source series."""
-    highdicom, _ = _require_highdicom()
+    highdicom, _ = require_highdicom()
     sources = read_source_series(source_dicom, ct)
     pixel = np.zeros((ct.shape[0], ct.shape[1], ct.shape[2], len(segments)), dtype=bool)
     for n, spec in enumerate(segments):

@@ -130,6 +130,68 @@ def _dicom_source(ct: io.Volume, source_dicom: str | os.PathLike | None) -> Path
     raise io.InputError("DICOM SEG needs a DICOM source series; this CT was not read from a DICOM folder")
 
 
+@dataclass
+class CaseLabels:
+    """Everything derived from one corrected case before it is written."""
+
+    lesions: np.ndarray  # final lesion labels 1/2 (split from HU)
+    lungs: np.ndarray  # final lungs, containing every final lesion
+    lobes: np.ndarray | None
+    label: np.ndarray  # training label of the final map
+    original_label: np.ndarray | None
+    severity_before: dict[str, Any] | None
+    severity_after: dict[str, Any]
+    edits: dict[str, Any] | None
+
+
+def case_labels(ct: io.Volume, original: np.ndarray | None, final: np.ndarray, lungs: np.ndarray | None,
+                lobes: np.ndarray | None, config: SeverityConfig = SeverityConfig()) -> CaseLabels:
+    """Lungs (computed when absent), lobes, training labels, severity before/after and edit statistics.
+
+    Lobes are resolved once (from ``lobes``, else as ``segment --lobes auto``) and used for both scores.
+    """
+    if lungs is None:
+        lungs = segment_lungs(ct)
+    lobe_spec: Any = lobes if lobes is not None else "auto"
+    lesions, final_lungs, final_lobes, after = finish_labels(ct, final > 0, lungs, lobe_spec,
+                                                             lobe_source="segmentation", config=config)
+    before = edits = original_label = None
+    if original is not None:
+        before_lobes: Any = final_lobes if final_lobes is not None else "none"
+        _, original_lungs, _, before = finish_labels(ct, original > 0, lungs, before_lobes,
+                                                     lobe_source=after["lobe_source"], config=config)
+        edits = edit_statistics(ct, original, final, config)
+        original_label = training_label(original_lungs, original)
+    return CaseLabels(lesions, final_lungs, final_lobes, training_label(final_lungs, lesions), original_label,
+                      before, after, edits)
+
+
+def _write_staged(staging: Path, ct: io.Volume, case: CaseLabels, *, write_image: bool) -> None:
+    if write_image:
+        io.write_ct(staging / store.IMAGE, ct)
+    io.write_label(staging / store.LABEL, ct, case.label)
+    if case.original_label is not None:
+        io.write_label(staging / store.ORIGINAL, ct, case.original_label)
+    if case.lobes is not None:
+        io.write_label(staging / store.LOBES, ct, case.lobes)
+    write_seg_nrrd(staging / store.SEGMENTATION, ct, {"lungs": case.lungs, "lesions": case.lesions})
+
+
+def _same_ct_image(root: Path, case_id: str, digest: str) -> Path | None:
+    """The image file of an earlier version of this case with the same CT, if any."""
+    same = [v for v in store.case_versions(root, case_id) if v.provenance["source"]["ct_sha256"] == digest]
+    return same[-1].folder / store.IMAGE if same and (same[-1].folder / store.IMAGE).is_file() else None
+
+
+def _patient_key(root: Path, ct: io.Volume, case_id: str, patient_key: str | None) -> str:
+    """Pseudonymous patient key: of the given key, else of the DICOM PatientID, else of the case."""
+    if patient_key:
+        return store.pseudonym(root, "pt_", "patient", str(patient_key))
+    if ct.meta.get("patient_id"):
+        return store.pseudonym(root, "pt_", "patient", str(ct.meta["patient_id"]))
+    return store.pseudonym(root, "pt_", "case", case_id)
+
+
 def export_case(export_dir: str | os.PathLike, ct: io.Volume, original: np.ndarray | None, final: np.ndarray, *,
                 lungs: np.ndarray | None = None, lobes: np.ndarray | None = None, case_id: str | None = None,
                 patient_key: str | None = None, annotator: str | None = None, engine: dict | None = None,
@@ -140,6 +202,7 @@ def export_case(export_dir: str | os.PathLike, ct: io.Volume, original: np.ndarr
     ``original``/``final`` are lesion label maps (0 background, > 0 lesion) on the CT's grid; ``lungs``
     (0/1 right/2 left) is computed when not given; ``lobes`` (0..5) gives lobe-wise severity.  Without a
     ``case_id`` the id is a salted hash of the CT, so exporting the same CT again makes its next version.
+    Bad input raises ``io.InputError`` before anything is written.
     """
     root = Path(export_dir)
     final = _label_array("final lesion", final, ct)
@@ -150,72 +213,43 @@ def export_case(export_dir: str | os.PathLike, ct: io.Volume, original: np.ndarr
         lobes = _label_array("lobe", lobes, ct, {0, *labels.LOBE_NAMES}).astype(np.uint8)
     if case_id is not None:
         store.check_case_id(case_id)
-    dicom_folder = _dicom_source(ct, source_dicom) if dicom_seg else None
+    dicom_folder = None
     if dicom_seg:
-        from covidlesionseg.dicom_seg import _require_highdicom
+        from covidlesionseg.dicom_seg import require_highdicom, write_dicom_seg
 
-        _require_highdicom()
+        dicom_folder = _dicom_source(ct, source_dicom)
+        require_highdicom()
 
     store.recover(root)
     digest = ct_digest(ct)
     case_id = case_id or store.pseudonym(root, "case_", "ct", digest)
-    if patient_key:
-        patient = store.pseudonym(root, "pt_", "patient", str(patient_key))
-    elif ct.meta.get("patient_id"):
-        patient = store.pseudonym(root, "pt_", "patient", str(ct.meta["patient_id"]))
-    else:
-        patient = store.pseudonym(root, "pt_", "case", case_id)
-
-    if lungs is None:
-        lungs = segment_lungs(ct)
-    lobe_spec: Any = lobes if lobes is not None else "auto"
-    final_lesions, final_lungs, final_lobes, after = finish_labels(ct, final > 0, lungs, lobe_spec,
-                                                                   lobe_source="segmentation", config=config)
-    before = stats = None
-    original_label = None
-    if original is not None:
-        _, original_lungs, _, before = finish_labels(ct, original > 0, lungs, lobe_spec,
-                                                     lobe_source="segmentation", config=config)
-        stats = edit_statistics(ct, original, final, config)
-        original_label = training_label(original_lungs, original)
+    patient = _patient_key(root, ct, case_id, patient_key)
+    case = case_labels(ct, original, final, lungs, lobes, config)
 
     stage = store.Staging(root)
-    ident_stage = store.Staging(root) if dicom_seg else None
-    staging, identifiable = stage.path, (ident_stage.path if ident_stage else None)
+    ident_stage = store.Staging(root) if dicom_folder is not None else None
     try:
-        same_ct = [v for v in store.case_versions(root, case_id) if v.provenance["source"]["ct_sha256"] == digest]
-        if not same_ct:
-            io.write_ct(staging / store.IMAGE, ct)
-        io.write_label(staging / store.LABEL, ct, training_label(final_lungs, final_lesions))
-        if original_label is not None:
-            io.write_label(staging / store.ORIGINAL, ct, original_label)
-        if final_lobes is not None:
-            io.write_label(staging / store.LOBES, ct, final_lobes)
-        write_seg_nrrd(staging / store.SEGMENTATION, ct, {"lungs": final_lungs, "lesions": final_lesions})
-        if identifiable is not None and dicom_folder is not None:
-            from covidlesionseg.dicom_seg import write_dicom_seg
-
-            write_dicom_seg(identifiable / store.DICOM_SEG, ct, dicom_folder,
-                            {"lungs": final_lungs, "lesions": final_lesions})
+        _write_staged(stage.path, ct, case, write_image=_same_ct_image(root, case_id, digest) is None)
+        if ident_stage is not None:
+            write_dicom_seg(ident_stage.path / store.DICOM_SEG, ct, dicom_folder,
+                            {"lungs": case.lungs, "lesions": case.lesions})
         store.checkpoint("staged")
         with store.locked(root):
             store.checkpoint("locked")
             version = store.next_version(root, case_id)
-            if not (staging / store.IMAGE).exists():
-                same_ct = [v for v in store.case_versions(root, case_id)
-                           if v.provenance["source"]["ct_sha256"] == digest]
-                shared = same_ct[-1].folder / store.IMAGE if same_ct else None
-                if shared is not None and shared.is_file():
-                    os.link(shared, staging / store.IMAGE)  # same CT: one file on disk for all its versions
+            if not (stage.path / store.IMAGE).exists():
+                shared = _same_ct_image(root, case_id, digest)
+                if shared is not None:
+                    os.link(shared, stage.path / store.IMAGE)  # same CT: one file on disk for all its versions
                 else:
-                    io.write_ct(staging / store.IMAGE, ct)
+                    io.write_ct(stage.path / store.IMAGE, ct)
             dicom_rel = None
-            if identifiable is not None:
+            if ident_stage is not None:
                 target = root / store.IDENTIFIABLE_DIR / case_id / store.version_name(version)
                 if target.exists():  # left by an export killed before its commit
                     shutil.rmtree(target)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                os.rename(identifiable, target)
+                os.rename(ident_stage.path, target)
                 dicom_rel = str((target / store.DICOM_SEG).relative_to(root))
             provenance = {
                 "software": {"name": SOFTWARE_NAME, "version": __version__},
@@ -227,16 +261,16 @@ def export_case(export_dir: str | os.PathLike, ct: io.Volume, original: np.ndarr
                 "source": {"format": ct.meta.get("format") or None, "shape": list(ct.shape),
                            "spacing": [round(s, 6) for s in ct.spacing], "ct_sha256": digest},
                 "labels": store.TRAINING_LABELS,
-                "edits": stats,
-                "severity": {"before": before, "after": after},
+                "edits": case.edits,
+                "severity": {"before": case.severity_before, "after": case.severity_after},
                 "dicom_seg": dicom_rel,
-                "files": {p.name: store.sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()},
+                "files": {p.name: store.sha256_file(p) for p in sorted(stage.path.iterdir()) if p.is_file()},
             }
             if include_identifiers:
                 provenance["identifiers"] = {key: ct.meta.get(key) for key in
                                              ("patient_name", "patient_id", "study_uid", "series_uid", "source")}
-            io.write_json(staging / store.PROVENANCE, provenance)
-            folder = store.commit(root, staging, case_id, version)
+            io.write_json(stage.path / store.PROVENANCE, provenance)
+            folder = store.commit(root, stage.path, case_id, version)
             store.checkpoint("committed")
             store.rebuild_views(root)
     finally:

@@ -21,7 +21,7 @@ import SimpleITK as sitk
 from covidlesionseg import export_store as store
 from covidlesionseg import io, labels
 from covidlesionseg.cli import main
-from covidlesionseg.export import export_case, export_files
+from covidlesionseg.export import export_case, export_files, export_folder
 from covidlesionseg.phantom import generate_phantom
 
 SHAPE = (24, 64, 64)
@@ -235,6 +235,19 @@ def test_cli_exports_twice_and_a_batch_folder(phantoms, tmp_path, capsys):
     assert not any("Doe" in q.name for q in (tmp_path / "exp").rglob("*"))
     assert main(["export", "--ct", str(case / "ct.nii.gz"), "--out", str(tmp_path / "exp")]) == 2
     assert "--final" in capsys.readouterr().err
+
+
+def test_batch_reports_a_broken_case_and_exports_the_others(phantoms, tmp_path):
+    write_case(tmp_path / "cases" / "good", phantoms[3], corrected(phantoms[3]))
+    bad = write_case(tmp_path / "cases" / "bad", phantoms[5], corrected(phantoms[5]))
+    io.write_label(bad / "lesions_final.nii.gz", phantoms[3].ct, corrected(phantoms[3]))  # another CT's grid
+    results, errors = export_folder(tmp_path / "cases", tmp_path / "exp")
+    assert len(results) == 1 and len(errors) == 1 and errors[0].startswith("bad: ") and "grid" in errors[0]
+    assert store.check_export(tmp_path / "exp") == [] and len(store.latest_versions(tmp_path / "exp")) == 1
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(io.InputError, match="no corrected cases"):
+        export_folder(tmp_path / "empty", tmp_path / "exp2")
+    assert not (tmp_path / "exp2").exists()
 
 
 # --- crash safety and concurrency with real processes ------------------------------------------------
