@@ -1,8 +1,9 @@
 """Live lobe scores: severity that follows the reader's edits, through observers, a coalescing scheduler and
 `severity.SeverityCounter` updated from the changed region only.
 
-Observed: `vtkSegmentation.SourceRepresentationModified`, `SegmentModified` (the editor's undo), `SegmentAdded`,
-`SegmentRemoved` and `ModifiedEvent` on the lesion and anatomy segmentations, and the nodes' `ModifiedEvent`.  Every event only
+Observed: `vtkSegmentation.SourceRepresentationModified`, `SegmentModified` (the editor's undo),
+`SegmentAdded`, `SegmentRemoved` and `ModifiedEvent` on the lesion and anatomy segmentations, and the nodes'
+`ModifiedEvent`.  Every event only
 marks what is dirty and asks the scheduler for one update: bursts of events during a brush stroke become one
 recomputation (the widget injects a single-shot QTimer, tests and the benchmark a `ManualScheduler`).
 

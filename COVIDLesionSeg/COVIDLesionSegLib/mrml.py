@@ -169,7 +169,8 @@ def severity_rows(severity: dict[str, Any]) -> list[list[Any]]:
     for side in ("right", "left"):
         lung = severity.get("lungs", {}).get(side)
         if lung:
-            rows.append([f"{side} lung", lung["volume_ml"], lung["lesion_ml"], lung["percent"], None, None, None, None, ""])
+            rows.append([f"{side} lung", lung["volume_ml"], lung["lesion_ml"], lung["percent"],
+                         None, None, None, None, ""])
     rows.append(["both lungs", severity["lung_ml"], severity["lesion_ml"], severity["PO"], severity["PHO"],
                  severity["LSS"], severity["LHOS"], severity["CTSS"],
                  " / ".join(str(v) for v in (severity["CT_category"], severity.get("CTSS_category")) if v)])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -78,7 +80,29 @@ def _ball(radius_vox: np.ndarray) -> np.ndarray:
 
 
 def bench_live(shape: tuple[int, int, int] | None = None, engine_id: str | None = None, seed: int = 5,
-               strokes: int = 60, stroke_radius_mm: float = 5.0) -> dict[str, Any]:
+               strokes: int = 60, stroke_radius_mm: float = 5.0, module: bool = True) -> dict[str, Any]:
+    """Edit-to-numbers latency of the Slicer module's live path, next to one full pass, and one-click grow.
+
+    With slicer-core installed (and ``module``) the figures come from the module's own path on real MRML
+    (``COVIDLesionSegLib.benchlive`` in a child process: editor-logic strokes, segmentation observers, the
+    coalescing scheduler, changed slabs, ``SeverityCounter``, table); ``counter_only`` is the bare counter
+    update of the same kind of stroke.  Without slicer-core only the counter figures are reported.
+    """
+    counter_only = _bench_counter(shape, seed, strokes, stroke_radius_mm)
+    if not module or importlib.util.find_spec("slicer") is None:
+        return {**counter_only, "path": "SeverityCounter only (slicer-core not installed)"}
+    shape = shape or FULL_SHAPE
+    module_dir = Path(__file__).resolve().parents[1]  # COVIDLesionSeg/, which holds COVIDLesionSegLib
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(module_dir), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "COVIDLesionSegLib.benchlive", "--shape", *map(str, shape), "--seed", str(seed),
+           "--strokes", str(strokes), "--clicks", "20", "--radius-mm", str(stroke_radius_mm)]
+    run = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+    figures = json.loads(run.stdout.strip().splitlines()[-1])
+    return {**figures, "counter_only": {k: counter_only[k] for k in ("median_ms", "full_pass_ms", "stroke_voxels")}}
+
+
+def _bench_counter(shape: tuple[int, int, int] | None, seed: int, strokes: int,
+                   stroke_radius_mm: float) -> dict[str, Any]:
     """Time from one brush-stroke edit to updated scores (incremental counts) vs one full numpy pass."""
     from covidlesionseg.phantom import generate_phantom
     from covidlesionseg.severity import SeverityCounter, compute_severity

@@ -80,6 +80,7 @@ NODE_COMBOBOX = "Libs/MRML/Widgets/qMRMLNodeComboBox.h"
 UTIL = "Base/Python/slicer/util.py"
 SCRIPTED_MODULE = "Base/Python/slicer/ScriptedLoadableModule.py"
 SCENE = "Libs/MRML/Core/vtkMRMLScene.h"
+EDITOR_LOGIC = "Modules/Loadable/Segmentations/Logic/vtkSlicerSegmentEditorLogic.h"
 SLICER_API = {
     "slicer.util.loadUI": UTIL,
     "slicer.util.childWidgetVariables": UTIL,
@@ -128,13 +129,12 @@ SLICER_API = {
     "qMRMLSegmentEditorWidget.saveStateForUndo": SEGMENT_EDITOR_WIDGET,
     "qMRMLSegmentEditorWidget.undo": SEGMENT_EDITOR_WIDGET,
     "vtkSlicerSegmentEditorLogic.SetMRMLScene": "Libs/MRML/Logic/vtkMRMLAbstractLogic.h",
-    "vtkSlicerSegmentEditorLogic.SetSegmentEditorNode": "Modules/Loadable/Segmentations/Logic/vtkSlicerSegmentEditorLogic.h",
-    "vtkSlicerSegmentEditorLogic.SetSegmentationNode": "Modules/Loadable/Segmentations/Logic/vtkSlicerSegmentEditorLogic.h",
-    "vtkSlicerSegmentEditorLogic.SetSourceVolumeNode": "Modules/Loadable/Segmentations/Logic/vtkSlicerSegmentEditorLogic.h",
-    "vtkSlicerSegmentEditorLogic.SetMaximumNumberOfUndoStates":
-        "Modules/Loadable/Segmentations/Logic/vtkSlicerSegmentEditorLogic.h",
-    "vtkSlicerSegmentEditorLogic.SaveStateForUndo": "Modules/Loadable/Segmentations/Logic/vtkSlicerSegmentEditorLogic.h",
-    "vtkSlicerSegmentEditorLogic.Undo": "Modules/Loadable/Segmentations/Logic/vtkSlicerSegmentEditorLogic.h",
+    "vtkSlicerSegmentEditorLogic.SetSegmentEditorNode": EDITOR_LOGIC,
+    "vtkSlicerSegmentEditorLogic.SetSegmentationNode": EDITOR_LOGIC,
+    "vtkSlicerSegmentEditorLogic.SetSourceVolumeNode": EDITOR_LOGIC,
+    "vtkSlicerSegmentEditorLogic.SetMaximumNumberOfUndoStates": EDITOR_LOGIC,
+    "vtkSlicerSegmentEditorLogic.SaveStateForUndo": EDITOR_LOGIC,
+    "vtkSlicerSegmentEditorLogic.Undo": EDITOR_LOGIC,
     "qMRMLNodeComboBox.currentNode": NODE_COMBOBOX,
     "qMRMLNodeComboBox.setCurrentNode": NODE_COMBOBOX,
     "qMRMLNodeComboBox.connect": "Qt: QtCore/qobject.h (PythonQt connect)",
@@ -206,7 +206,8 @@ SLICER_API = {
 }
 
 # Objects whose type the code names by a local variable, not by a `self.ui` widget.
-LOCAL_TYPES = {"editor_widget": "qMRMLSegmentEditorWidget", "self.scriptedEffect": "qSlicerSegmentEditorScriptedEffect",
+LOCAL_TYPES = {"editor_widget": "qMRMLSegmentEditorWidget",
+               "self.scriptedEffect": "qSlicerSegmentEditorScriptedEffect",
                "self.windowComboBox": "QComboBox", "self.radiusSpinBox": "QDoubleSpinBox",
                "self.timer": "QTimer", "process": "QProcess", "self.process": "QProcess", "ui_widget": "qMRMLWidget",
                "instance": "qSlicerSegmentEditorScriptedEffect", "clonedEffect": "qSlicerSegmentEditorScriptedEffect",
@@ -248,7 +249,8 @@ def _chains(tree: ast.AST) -> set[str]:
             return isinstance(parents.get(parent), ast.Attribute)
         return isinstance(parent, ast.Attribute)
 
-    return {d for n in ast.walk(tree) if isinstance(n, ast.Attribute) and not inner(n) for d in [_dotted(n)] if d}
+    return {d for n in ast.walk(tree) if isinstance(n, ast.Attribute) and not inner(n)
+            for d in [_dotted(n)] if d}
 
 
 def _api_uses() -> set[str]:

@@ -189,9 +189,8 @@ def test_lobes_are_matched_by_terminology_not_order_or_name(case):
 
 
 def test_segmentation_on_another_grid_is_refused(case):
-    from COVIDLesionSegLib import mrml
-
     from covidlesionseg.io import Volume
+    from COVIDLesionSegLib import mrml
 
     ct = case.phantom.ct
     half = Volume(ct.array[:, ::2, ::2].copy(), (ct.spacing[0] * 2, ct.spacing[1] * 2, ct.spacing[2]), ct.origin,

@@ -12,7 +12,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
 def test_listed_slicer_python_and_mrml_apis_exist_in_slicer_core():
     import slicer
     import slicer.util
-
     from test_extension_layout import SLICER_API
 
     checked = 0
