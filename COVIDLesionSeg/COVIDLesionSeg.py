@@ -193,7 +193,7 @@ class COVIDLesionSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             volume = self.ui.inputVolumeSelector.currentNode()
             self.logic.check_volume(volume)
             engine = self.ui.engineComboBox.currentText
-            replace = False
+            replace = True  # refill this CT's nodes in place, unless the reader has corrected them
             if self.logic.has_corrections(volume):
                 replace = slicer.util.confirmYesNoDisplay(
                     "This CT has corrected lesions. Replace them with a new segmentation? "

@@ -168,7 +168,7 @@ class COVIDLesionSegLogic:
         if lobes not in LOBE_SOURCES:
             raise ValueError(f"lobe source must be one of {', '.join(LOBE_SOURCES)}, not '{lobes}'")
         if lobes == "builtin":
-            return "auto", None
+            return "builtin", None
         if lobes == "none":
             return "none", None
         if lobes == "file":

@@ -72,3 +72,18 @@ def test_module_self_test_runs_headless(scene):
 
     result = COVIDLesionSeg.COVIDLesionSegTest("test_run_edit_undo_export").run()
     assert result.wasSuccessful(), result.failures + result.errors
+
+
+def test_lobes_from_a_segmentation_in_the_scene(scene, small_phantom):
+    from COVIDLesionSegLib import mrml, terminology
+    from COVIDLesionSegLib.logic import COVIDLesionSegLogic
+
+    ph = small_phantom
+    node = mrml.node_from_volume(ph.ct, "ct")
+    lobes_node = mrml.segmentation_from_labelmap(ph.lobes, node, list(terminology.LOBES.items()), "reader lobes")
+    logic = COVIDLesionSegLogic()
+    nodes = logic.segment(node, engine="classical", lobes="segmentation", lobe_segmentation=lobes_node)
+    assert nodes.severity["lobe_source"].startswith("file")
+    assert nodes.table.GetNumberOfRows() == 8 and nodes.severity["LSS"] is not None
+    with pytest.raises(ValueError, match="choose the segmentation"):
+        logic.segment(node, engine="classical", lobes="segmentation")
