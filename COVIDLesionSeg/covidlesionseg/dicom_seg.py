@@ -36,15 +36,23 @@ def require_highdicom():
     return highdicom, pydicom
 
 
-def read_source_series(folder: str | os.PathLike, ct: Volume) -> list:
-    """The source CT's DICOM datasets (pixel data skipped), one per slice of ``ct`` in its k order."""
+def read_source_series(source: str | os.PathLike | Sequence[str | os.PathLike], ct: Volume) -> list:
+    """The source CT's DICOM datasets (pixel data skipped), one per slice of ``ct`` in its k order.
+
+    ``source`` is the series folder, or the list of its files (as Slicer's DICOM database gives them).
+    """
     _, pydicom = require_highdicom()
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"DICOM SEG needs the source DICOM folder; {folder} is not a folder")
+    if isinstance(source, (str, os.PathLike)):
+        folder = Path(source)
+        if not folder.is_dir():
+            raise InputError(f"DICOM SEG needs the source DICOM folder; {folder} is not a folder")
+        files = sorted(p for p in folder.rglob("*") if p.is_file())
+    else:
+        files = [Path(p) for p in source]
+        folder = files[0].parent if files else Path(".")
     series_uid = ct.meta.get("series_uid")
     by_position: list = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in files:
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except (pydicom.errors.InvalidDicomError, OSError):
@@ -90,7 +98,7 @@ def _description(number: int, spec: SegmentSpec):
     return description
 
 
-def write_dicom_seg(path: str | os.PathLike, ct: Volume, source_dicom: str | os.PathLike,
+def write_dicom_seg(path: str | os.PathLike, ct: Volume, source_dicom: str | os.PathLike | Sequence[str | os.PathLike],
                     maps: Mapping[str, np.ndarray], segments: Sequence[SegmentSpec] = EXPORT_SEGMENTS) -> Path:
     """Write a binary DICOM SEG of ``maps`` (label maps on the CT grid) referencing the source series."""
     highdicom, _ = require_highdicom()

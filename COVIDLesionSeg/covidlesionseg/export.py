@@ -22,7 +22,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,9 +121,15 @@ def _engine_record(engine: dict | None) -> dict[str, Any]:
     return record
 
 
-def _dicom_source(ct: io.Volume, source_dicom: str | os.PathLike | None) -> Path:
+DicomSource = str | os.PathLike | Sequence[str | os.PathLike]
+
+
+def _dicom_source(ct: io.Volume, source_dicom: DicomSource | None) -> DicomSource:
+    """The series folder or file list a DICOM SEG refers to: as given, else the folder the CT was read from."""
     if source_dicom is not None:
-        return Path(source_dicom)
+        if not isinstance(source_dicom, (str, os.PathLike)) and not list(source_dicom):
+            raise io.InputError("DICOM SEG: the list of source DICOM files is empty")
+        return source_dicom
     source = ct.meta.get("source")
     if ct.meta.get("format") == "dicom" and source and Path(source).is_dir():
         return Path(source)
@@ -195,14 +201,15 @@ def _patient_key(root: Path, ct: io.Volume, case_id: str, patient_key: str | Non
 def export_case(export_dir: str | os.PathLike, ct: io.Volume, original: np.ndarray | None, final: np.ndarray, *,
                 lungs: np.ndarray | None = None, lobes: np.ndarray | None = None, case_id: str | None = None,
                 patient_key: str | None = None, annotator: str | None = None, engine: dict | None = None,
-                source_dicom: str | os.PathLike | None = None, include_identifiers: bool = False,
+                source_dicom: DicomSource | None = None, include_identifiers: bool = False,
                 dicom_seg: bool = False, config: SeverityConfig = SeverityConfig()) -> ExportResult:
     """Append one corrected case to ``export_dir`` as a new version; nothing earlier is changed.
 
     ``original``/``final`` are lesion label maps (0 background, > 0 lesion) on the CT's grid; ``lungs``
     (0/1 right/2 left) is computed when not given; ``lobes`` (0..5) gives lobe-wise severity.  Without a
     ``case_id`` the id is a salted hash of the CT, so exporting the same CT again makes its next version.
-    Bad input raises ``io.InputError`` before anything is written.
+    ``dicom_seg`` writes a DICOM SEG referring to ``source_dicom`` (the series folder or its files; default:
+    the folder the CT was read from).  Bad input raises ``io.InputError`` before anything is written.
     """
     root = Path(export_dir)
     final = _label_array("final lesion", final, ct)

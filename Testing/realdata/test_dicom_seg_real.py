@@ -82,3 +82,15 @@ def test_dicom_seg_geometry_and_voxels_match_the_ct(exported):
     end_slices = ct.lps_points(np.array([[0, 0, 0], [ct.shape[0] - 1, 0, 0]]))  # highdicom may stack either way
     assert any(np.allclose(corner[:3], point, atol=1e-3) for point in end_slices)
     assert int(volume.array[..., 2].sum()) == int(np.count_nonzero(final))
+
+
+def test_dicom_seg_from_a_file_list_as_slicer_gives_it(exported, tmp_path):
+    folder, ct, lungs, final, _, _ = exported
+    from_node = ct.like(ct.array)
+    from_node.meta = {"source": "CT node"}  # a CT from a Slicer node knows nothing of its files
+    with pytest.raises(io.InputError, match="DICOM source"):
+        export_case(tmp_path / "a", from_node, None, final, lungs=lungs, dicom_seg=True)
+    files = sorted(str(p) for p in folder.iterdir())[::-1]  # any order: frames are matched by position
+    result = export_case(tmp_path / "b", from_node, None, final, lungs=lungs, dicom_seg=True, source_dicom=files)
+    seg = highdicom.seg.segread(result.paths["dicom_seg"])
+    assert int(seg.get_volume(combine_segments=False).array[..., 2].sum()) == int(np.count_nonzero(final))
