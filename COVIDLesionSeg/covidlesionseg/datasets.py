@@ -64,7 +64,9 @@ class TrainingCase:
     """One image with its label map and how the label map's values become training classes.
 
     ``lung_labelled`` is False when the source marks lesions only (its class 0 is lung and background
-    alike); ``fold`` is the export's validation fold when the source has one.
+    alike); ``fold`` is the validation fold when the source has one (an export's folds keep each patient
+    in one fold); ``version`` is an export's case version (a re-exported case keeps its id, so caches of
+    derived data should key on id and version).
     """
 
     case_id: str
@@ -74,6 +76,7 @@ class TrainingCase:
     patient_key: str
     lung_labelled: bool = True
     fold: int | None = None
+    version: int | None = None
 
 
 def class_of_name(name: str) -> int:
@@ -135,7 +138,7 @@ def _from_export(root: Path) -> list[TrainingCase]:
     datalist = json.loads((root / store.DATALIST_JSON).read_text())
     lut = dict(LABEL_MAPS["covidlesionseg"])
     return [TrainingCase(e["case_id"], root / e["image"], root / e["label"], dict(lut), e["patient_key"],
-                         True, int(e["fold"])) for e in datalist["training"]]
+                         True, int(e["fold"]), int(e["version"])) for e in datalist["training"]]
 
 
 def _from_nnunet(root: Path, label_map: Any) -> list[TrainingCase]:

@@ -52,6 +52,7 @@ def test_export_folder_gives_cases_with_folds_and_patient_keys(phantom, tmp_path
     assert len(cases) == 1  # the latest version only
     case = cases[0]
     assert case.case_id == first.case_id and case.lut == {0: 0, 1: 1, 2: 2} and case.lung_labelled
+    assert case.version == 2
     assert case.fold in range(5) and case.patient_key.startswith("pt_") and "P1" not in case.patient_key
     label = io.read_label(case.label).array
     assert np.array_equal(label == 2, phantom.lesions > 0)
