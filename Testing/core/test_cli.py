@@ -277,7 +277,7 @@ def test_readme_keeps_its_two_commands_first_and_its_doc_links_resolve():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    readme = (root / "README.md").read_text()
+    readme = (root / "README.md").read_text(encoding="utf-8")
     first_block = readme.split("```")[1]
     assert "covidlesionseg demo -o demo_out" in first_block and "python -m pytest" in first_block
     links = _re.findall(r"\]\((docs/[^)#]+)", readme)
@@ -285,5 +285,5 @@ def test_readme_keeps_its_two_commands_first_and_its_doc_links_resolve():
     for link in links:
         assert (root / link).exists(), link
     for doc in (root / "docs").glob("*.md"):
-        for target in _re.findall(r"\]\(([\w.-]+\.md)", doc.read_text()):
+        for target in _re.findall(r"\]\(([\w.-]+\.md)", doc.read_text(encoding="utf-8")):
             assert (root / "docs" / target).exists(), f"{doc.name} -> {target}"

@@ -32,7 +32,7 @@ def reported(tmp_path_factory):
 def test_segment_report_writes_a_readable_png_and_a_self_contained_html(reported):
     png = sitk.ReadImage(str(reported / "report.png"))
     assert png.GetSize() == (1600, 1050)  # key slices at readable size, not a thumbnail strip
-    page = (reported / "report.html").read_text()
+    page = (reported / "report.html").read_text(encoding="utf-8")
     assert re.search(r'src="data:image/png;base64,[A-Za-z0-9+/=]{1000,}"', page)
     assert not re.search(r'(src|href)="(?!data:)', page)  # nothing to fetch: one file to hand on
     severity = json.loads((reported / labels.SEVERITY_FILE).read_text())
