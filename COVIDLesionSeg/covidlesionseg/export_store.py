@@ -367,7 +367,16 @@ def recover(root: Path) -> list[CaseVersion]:
             tmp.write_text(secrets.token_hex(16) + "\n")
             os.replace(tmp, root / SALT_FILE)
         _sweep_staging(root)
+        _sweep_view_temporaries(root)
         return rebuild_views(root)
+
+
+def _sweep_view_temporaries(root: Path) -> None:
+    """Remove hidden temporaries a killed export left in the view folders (they are written only under the lock)."""
+    for folder, _pattern in VIEWS.values():
+        for path in (root / folder).glob(".*"):
+            if path.is_file():
+                path.unlink()
 
 
 # --- checking ---------------------------------------------------------------------------------------

@@ -111,6 +111,10 @@ def test_reexport_makes_a_new_version_and_the_views_hold_the_latest(phantoms, tm
     assert [(e["case_id"], e["version"]) for e in datalist["training"]] == [(second.case_id, 2)]
     assert len(list((root / "labelsTr").iterdir())) == 1
     assert all(path.stat().st_mode & 0o222 == 0 for path in first.paths["version"].iterdir())  # read-only
+    orphan = root / "labelsTr" / f".{second.case_id}.nii.gz.99999-abc123"  # a killed export's link temporary
+    orphan.write_bytes(b"")
+    store.recover(root)
+    assert not orphan.exists() and store.check_export(root) == []
 
 
 def test_provenance_records_engine_edits_and_severity(phantoms, tmp_path):
@@ -294,6 +298,7 @@ def test_kill_9_during_an_export_leaves_the_folder_valid_and_earlier_versions_in
     versions = [v.version for v in store.case_versions(root, first.case_id)]
     assert versions == ([1, 2] if point in ("committed", "view") else [1])
     assert not any((root / store.STAGING_DIR).iterdir())  # the dead export's staging is gone
+    assert not [p for p in root.rglob(".*") if p.is_file() and p.name not in (store.LOCK_FILE, store.SALT_FILE)]
     case = crash_cases[3]
     again = export_files(root, case / "ct.nii.gz", case / "lesions.nii.gz", case / "lesions_final.nii.gz",
                          lungs_path=case / "lungs.nii.gz", lobes_path=case / "lobes.nii.gz")
