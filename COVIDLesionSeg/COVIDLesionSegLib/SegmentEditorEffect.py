@@ -97,7 +97,11 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             slicer.util.showStatusMessage(f"COVID lesion grow: {exc}", 4000)
             return True
         self.scriptedEffect.saveStateForUndo()
+        # The region already lies inside the Lung mask; the editor's own masking would only repeat it over
+        # the whole volume, so it is skipped when the editable area is exactly that mask.
+        bypass_masking = editor.grow_already_masked(parameters, segmentation_node)
         self.scriptedEffect.modifySelectedSegmentByLabelmap(editor.modifier_labelmap(result, volume_node),
-                                                            slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeAdd)
+                                                            slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeAdd,
+                                                            bypass_masking)
         slicer.util.showStatusMessage(f"COVID lesion grow: {result.voxels} voxels added", 2000)
         return True

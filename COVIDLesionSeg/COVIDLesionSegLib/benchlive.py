@@ -93,7 +93,7 @@ def measure(shape: tuple[int, int, int], seed: int = 5, strokes: int = 40, click
     if abs(check["PO"] - live.severity["PO"]) > 1e-9 or check["LSS"] != live.severity["LSS"]:
         raise RuntimeError("live and full scores disagree")
 
-    grow_ms, grow_voxels = [], []
+    grow_ms, region_ms, grow_voxels = [], [], []
     candidates = np.argwhere(phantom.lesions > 0)
     picks = candidates[rng.choice(len(candidates), size=clicks, replace=False)]
     for k, j, i in picks:
@@ -103,6 +103,7 @@ def measure(shape: tuple[int, int, int], seed: int = 5, strokes: int = 40, click
                                     radius_mm=25.0)
         except ValueError:
             continue
+        region_ms.append((time.perf_counter() - t0) * 1000)
         editor.apply_grow(editor_logic, nodes.lesions, result, volume)
         grow_ms.append((time.perf_counter() - t0) * 1000)
         grow_voxels.append(result.voxels)
@@ -123,6 +124,7 @@ def measure(shape: tuple[int, int, int], seed: int = 5, strokes: int = 40, click
         "grow_clicks": len(grow_ms),
         "grow_median_ms": round(statistics.median(grow_ms), 2) if grow_ms else None,
         "grow_max_ms": round(max(grow_ms), 2) if grow_ms else None,
+        "grow_region_median_ms": round(statistics.median(region_ms), 2) if region_ms else None,
         "grow_median_voxels": int(statistics.median(grow_voxels)) if grow_voxels else 0,
     }
 

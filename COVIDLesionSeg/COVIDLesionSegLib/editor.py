@@ -124,10 +124,22 @@ def modifier_labelmap(result: regiongrow.GrowResult, volume_node):
     return image
 
 
+def grow_already_masked(editor_node, segmentation_node) -> bool:
+    """True when the editor's editable area is exactly what `grow_at` applied (inside this node's Lung mask, no
+    intensity range): the editor may then skip its own masking, a pass over the whole volume per click."""
+    try:
+        lung_mask_id = segment_id(segmentation_node, terminology.LUNG_MASK)
+    except ValueError:
+        return False
+    return (editor_node.GetMaskMode() == slicer.vtkMRMLSegmentationNode.EditAllowedInsideSingleSegment
+            and editor_node.GetMaskSegmentID() == lung_mask_id and not editor_node.GetSourceVolumeIntensityMask())
+
+
 def apply_grow(editor_logic, lesion_node, result: regiongrow.GrowResult, volume_node) -> None:
     """Add the region to the Lesion segment through `vtkSlicerSegmentEditorLogic` (undo state saved first)."""
     editor_logic.SaveStateForUndo()
     modifier = modifier_labelmap(result, volume_node)
+    bypass = grow_already_masked(editor_logic.GetSegmentEditorNode(), lesion_node)
     editor_logic.ModifySegmentByLabelmap(lesion_node, segment_id(lesion_node, terminology.LESION), modifier,
                                          slicer.vtkSlicerSegmentEditorLogic.ModificationModeAdd,
-                                         list(result.extent_ijk()), False, False)
+                                         list(result.extent_ijk()), False, bypass)

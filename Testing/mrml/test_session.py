@@ -129,6 +129,10 @@ def test_one_click_grow_adds_a_bounded_region_inside_the_lungs_with_undo(case):
     po_removed = case.live.severity["PO"]
     result = editor.grow_at(case.volume, seg, (i, j, k), window="any opacity", radius_mm=12.0)
     assert result.voxels > 1
+    assert editor.grow_already_masked(case.editor_node, seg)  # the editor may skip re-masking the volume
+    case.editor_node.SetSourceVolumeIntensityMask(True)
+    assert not editor.grow_already_masked(case.editor_node, seg)
+    case.editor_node.SetSourceVolumeIntensityMask(False)
     editor.apply_grow(case.editor_logic, seg, result, case.volume)
     case.scheduler.flush()
     grown = mrml.segment_mask(seg, lesion_id, case.volume)
