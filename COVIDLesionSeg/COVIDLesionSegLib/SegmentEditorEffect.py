@@ -88,7 +88,10 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         if volume_node is None or segmentation_node is None:
             return False
         xy = callerInteractor.GetEventPosition()
-        ijk = self.xyToIjk(xy, viewWidget, volume_node.GetImageData(), volume_node.GetParentTransformNode())
+        # The source volume as the editor aligns it to the segmentation's grid (the CT's grid for the module's
+        # nodes), so the voxel index is the CT's.
+        source_image = self.scriptedEffect.sourceVolumeImageData()
+        ijk = self.xyToIjk(xy, viewWidget, source_image, segmentation_node.GetParentTransformNode())
         try:
             result = editor.grow_at(volume_node, segmentation_node, ijk,
                                     window=self.scriptedEffect.parameter(WINDOW_PARAMETER),

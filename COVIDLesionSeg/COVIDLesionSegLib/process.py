@@ -207,7 +207,7 @@ class QProcessRunner:
         process.start(command[0], list(command[1:]))
 
     def _read(self) -> None:
-        data = self._partial + bytes(self.process.readAll())
+        data = self._partial + bytes(self.process.readAll().data())
         *complete, self._partial = data.split(b"\n")
         for raw in complete:
             line = raw.decode("utf-8", errors="replace")

@@ -70,7 +70,7 @@ def test_core_files_are_imported_without_slicer():
 
 # --- the widget against Slicer 5.10 -------------------------------------------------------------------------
 # Every Slicer / Qt / CTK / MRML-widget API the Qt layer (module widget, self-test, Segment Editor effect) uses,
-# with where it is declared.  Paths are in Slicer/Slicer unless prefixed (CTK = commontk/CTK, Qt 5.15 headers,
+# with where it is declared.  Paths are in Slicer/Slicer unless prefixed (CTK = commontk/CTK, VTK, Qt 5.15 headers,
 # SlicerPyTorch = fepegar/SlicerPyTorch).  The MRML and logic calls of COVIDLesionSegLib run for real on
 # slicer-core in Testing/mrml and are not listed here.
 SEGMENT_EDITOR_WIDGET = "Modules/Loadable/Segmentations/Widgets/qMRMLSegmentEditorWidget.h"
@@ -177,7 +177,7 @@ SLICER_API = {
     "QProcess.readyRead": "Qt: QtCore/qiodevice.h",
     "QProcess.finished": "Qt: QtCore/qprocess.h",
     "QProcess.start": "Qt: QtCore/qprocess.h",
-    "QProcess.readAll": "Qt: QtCore/qiodevice.h",
+    "QProcess.readAll().data": "Qt: QtCore/qiodevice.h, QtCore/qbytearray.h",
     "QProcess.closeWriteChannel": "Qt: QtCore/qprocess.h",
     "QProcess.kill": "Qt: QtCore/qprocess.h",
     "QTimer.setSingleShot": "Qt: QtCore/qtimer.h",
@@ -195,6 +195,12 @@ SLICER_API = {
     "qSlicerSegmentEditorScriptedEffect.setParameter": ABSTRACT_EFFECT,
     "qSlicerSegmentEditorScriptedEffect.setParameterDefault": ABSTRACT_EFFECT,
     "qSlicerSegmentEditorScriptedEffect.setPythonSource": SCRIPTED_EFFECT,
+    "qSlicerSegmentEditorScriptedEffect.sourceVolumeImageData": ABSTRACT_EFFECT,
+    "vtkMRMLSegmentEditorNode.GetSourceVolumeNode": "Modules/Loadable/Segmentations/MRML/vtkMRMLSegmentEditorNode.h",
+    "vtkMRMLSegmentEditorNode.GetSegmentationNode": "Modules/Loadable/Segmentations/MRML/vtkMRMLSegmentEditorNode.h",
+    "vtkMRMLSegmentationNode.GetParentTransformNode": "Libs/MRML/Core/vtkMRMLTransformableNode.h",
+    "qMRMLSliceWidget.className": "Qt: QtCore/qobject.h (PythonQt className of a wrapped QObject)",
+    "vtkRenderWindowInteractor.GetEventPosition": "VTK: Rendering/Core/vtkRenderWindowInteractor.h",
     "qSlicerSegmentEditorScriptedEffect.self().register":
         "Modules/Loadable/Segmentations/EditorEffects/Python/AbstractScriptedSegmentEditorEffect.py",
     "AbstractScriptedSegmentEditorEffect.xyToIjk":
@@ -211,7 +217,9 @@ LOCAL_TYPES = {"editor_widget": "qMRMLSegmentEditorWidget",
                "self.windowComboBox": "QComboBox", "self.radiusSpinBox": "QDoubleSpinBox",
                "self.timer": "QTimer", "process": "QProcess", "self.process": "QProcess", "ui_widget": "qMRMLWidget",
                "instance": "qSlicerSegmentEditorScriptedEffect", "clonedEffect": "qSlicerSegmentEditorScriptedEffect",
-               "packaging": "slicer.packaging", "app": "slicer.app"}
+               "packaging": "slicer.packaging", "app": "slicer.app", "parameters": "vtkMRMLSegmentEditorNode",
+               "viewWidget": "qMRMLSliceWidget", "callerInteractor": "vtkRenderWindowInteractor",
+               "segmentation_node": "vtkMRMLSegmentationNode"}
 BASE_MEMBERS = {"addObserver": "VTKObservationMixin", "removeObservers": "VTKObservationMixin",
                 "layout": "ScriptedLoadableModuleWidget", "resourcePath": "ScriptedLoadableModuleWidget",
                 "delayDisplay": "ScriptedLoadableModuleTest", "parent": "ScriptedLoadableModule",
@@ -317,7 +325,7 @@ def test_every_slicer_api_the_widget_calls_is_listed_with_its_declaration():
     stale = sorted(set(SLICER_API) - uses)
     assert not stale, f"listed but no longer used: {stale}"
     for name, path in SLICER_API.items():
-        assert path.split(" ")[0].rstrip(":") in ("Qt", "CTK", "SlicerPyTorch") or re.match(
+        assert path.split(" ")[0].rstrip(":") in ("Qt", "CTK", "VTK", "SlicerPyTorch") or re.match(
             r"(Base|Libs|Modules)/", path), f"{name}: {path}"
 
 

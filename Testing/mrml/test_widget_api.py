@@ -19,7 +19,9 @@ def test_listed_slicer_python_and_mrml_apis_exist_in_slicer_core():
         owner, _, member = name.rpartition(".")
         target = {"slicer.util": slicer.util, "slicer.mrmlScene": slicer.vtkMRMLScene,
                   "vtkSlicerSegmentEditorLogic": slicer.vtkSlicerSegmentEditorLogic,
-                  "slicer.modules.plots.logic()": slicer.vtkSlicerPlotsLogic}.get(owner)
+                  "slicer.modules.plots.logic()": slicer.vtkSlicerPlotsLogic,
+                  "vtkMRMLSegmentEditorNode": slicer.vtkMRMLSegmentEditorNode,
+                  "vtkMRMLSegmentationNode": slicer.vtkMRMLSegmentationNode}.get(owner)
         if target is not None:
             assert hasattr(target, member), name
             checked += 1
