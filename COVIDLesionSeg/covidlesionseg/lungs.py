@@ -32,6 +32,7 @@ within 50 HU of pure air (extreme emphysema) is taken for gas.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,8 +55,7 @@ DOME_RADIUS_MM, DOME_GRID_MM = 8.0, 4.0  # holes reached by outside thicker than
 MIN_LUNG_ML = 0.5  # less aerated lung than this inside the body: look for lung cut by the field of view
 MAX_ADDED_HU = 150.0  # the closing adds soft tissue and fluid, never bone or contrast-filled vessels
 SECOND_LUNG_MIN_FRACTION = 0.05  # a second component smaller than this share of the first is not a lung
-# One slice or a short stack: the other lung's cross-section, on the other side of the midline (_lung_components)
-THIN_STACK_SLICES = 3
+# A darker second lung on the other side of the midline (a few slices, or one dark lung; _lung_components)
 PARTNER_MIN_FRACTION, PARTNER_MEDIAN_ABOVE_AIR_HU, PARTNER_MAX_GAS_FRACTION = 0.3, 25.0, 0.35
 FRAGMENT_GAP_MM = 20.0  # more aerated lung this close to the lungs (consolidation between) is lung too ...
 FRAGMENT_MIN_ML, FRAGMENT_MIN_FRACTION = 1.0, 0.02  # ... when at least this large (mL, share of the first)
@@ -221,18 +221,20 @@ def _large_airways(cand: np.ndarray, hu: np.ndarray, frame: _Frame, offset: np.n
 
 
 def _lung_components(mask: np.ndarray, hu: np.ndarray, air_ref: float, spacing: np.ndarray,
-                     voxel_ml: float, is_left: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+                     voxel_ml: float, is_left: Callable[[np.ndarray], np.ndarray] | None = None
+                     ) -> tuple[np.ndarray, float]:
     """The largest lung-like component, the second one if it is a plausible second lung, and fragments of
     a lung divided by dense consolidation (near them and within their cranio-caudal extent); with the
     volume (mL) found.  Lung-like: median HU clearly above pure air (aerated parenchyma, not bowel or
     stomach gas); the second lung and fragments must moreover hold little pure gas (a gas bubble's
     partial-volume rim can lift its median).
 
-    On a stack of at most ``THIN_STACK_SLICES`` slices, given ``is_left`` (voxel beyond the body midline
-    toward the patient's left), a second lung may be darker than those limits, as one lung's cross-section
-    often is on one slice: a component on the other side of the midline from the first, at least
-    ``PARTNER_MIN_FRACTION`` of its size, with a median ``PARTNER_MEDIAN_ABOVE_AIR_HU`` above air and at most
-    ``PARTNER_MAX_GAS_FRACTION`` pure gas is its partner (cip_chest64 slices 40-47 alone lost the left lung).
+    Given ``is_left`` (for (N, 3) indices of ``mask``: beyond the body midline toward the patient's left),
+    a second lung may be darker than those limits, as one lung often is over a few slices (a single slice, a
+    short stack, a thick-slab export): when no second lung passed them, a component on the other side of the
+    midline from the first, at least ``PARTNER_MIN_FRACTION`` of its size, with a median
+    ``PARTNER_MEDIAN_ABOVE_AIR_HU`` above air and at most ``PARTNER_MAX_GAS_FRACTION`` pure gas is its partner
+    (cip_chest64 slices 39-47, alone or in stacks, lost the left lung).
     """
     lab, n = ndi.label(mask)
     volume = np.bincount(lab.ravel(), minlength=n + 1)
@@ -251,10 +253,16 @@ def _lung_components(mask: np.ndarray, hu: np.ndarray, air_ref: float, spacing: 
     gas_limit = max(MAX_GAS_FRACTION, 1.5 * gas[first])
     keep = [first] + [i for i in lung_like[1:2]
                       if volume[i] >= SECOND_LUNG_MIN_FRACTION * volume[first] and gas[i] <= gas_limit]
-    if len(keep) == 1 and is_left is not None and mask.shape[0] <= THIN_STACK_SLICES:
-        first_left = float(np.mean(is_left[lab == first])) > 0.5
+    if len(keep) == 1 and is_left is not None:
+        def left_share(i: int) -> float:
+            box = boxes[i - 1]
+            step = max(1, int(np.ceil((volume[i] / 200_000) ** (1 / 3))))  # a sample of at most ~200k voxels
+            idx = np.argwhere(lab[box][::step, ::step, ::step] == i) * step + [b.start for b in box]
+            return float(np.mean(is_left(idx)))
+
+        first_left = left_share(first) > 0.5
         for i in (int(j) for j in np.argsort(volume)[::-1][:4] if j != first and volume[j] > 0):
-            other_side = float(np.mean(is_left[lab == i] != first_left))
+            other_side = 1.0 - left_share(i) if first_left else left_share(i)
             if (other_side >= 0.9 and volume[i] >= PARTNER_MIN_FRACTION * volume[first]
                     and median[i] > air_ref + PARTNER_MEDIAN_ABOVE_AIR_HU and gas[i] <= PARTNER_MAX_GAS_FRACTION):
                 keep.append(i)
@@ -440,7 +448,9 @@ def segment_lungs(ct: Volume, control: RunControl | None = None) -> np.ndarray:
         control.check()
         control.report(0.15, "trachea and main bronchi")
         airway = _large_airways(cand, hu, frame, offset, mid_x, air_ref, ct.voxel_ml)
-        is_left = _x_map(frame, cand.shape, offset) > mid_x if cand.shape[0] <= THIN_STACK_SLICES else None
+        def is_left(idx: np.ndarray, offset: np.ndarray = offset, mid_x: float = mid_x) -> np.ndarray:
+            return frame.x_of(idx + offset) > mid_x
+
         lung, found_ml = _lung_components(cand & ~airway, hu, air_ref, frame.spacing, ct.voxel_ml, is_left)
         if found_ml >= MIN_LUNG_ML:
             break

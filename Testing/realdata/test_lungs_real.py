@@ -105,22 +105,25 @@ def test_cip_lobe_crop_matches_its_lobe_map(shared_data):
     assert dice(lungs == labels.LEFT_LUNG, truth == labels.LEFT_LUNG) >= 0.95
 
 
-def _single_slice(ct: Volume, k: int) -> Volume:
-    """Slice k alone, with its own origin: what a key image or a one-slice export gives."""
-    return Volume(ct.array[k : k + 1].copy(), ct.spacing, ct.lps_points(np.array([[k, 0, 0]]))[0], ct.direction)
+def _stack(ct: Volume, k: int, n: int) -> Volume:
+    """Slices k..k+n-1 alone, with their own origin: what key images or a thick-slab export give."""
+    return Volume(ct.array[k : k + n].copy(), ct.spacing, ct.lps_points(np.array([[k, 0, 0]]))[0], ct.direction)
 
 
-def test_every_cip_slice_alone_keeps_both_lungs(cip):
-    """Each of cip_chest64's slices segmented alone against lm-64.  Slices 40-47 alone once lost the whole left
-    lung (its cross-section darker than the gas limit).  Worst slices with >= 50 voxels (3.5 mL) of each lung,
-    measured: right 0.946, left 0.904; the apex and base tips (<= 41 voxels) are not held to it."""
+@pytest.mark.parametrize("n, right_min, left_min", [(1, 0.93, 0.89), (5, 0.93, 0.91)])
+def test_every_cip_slice_and_short_stack_alone_keeps_both_lungs(cip, n, right_min, left_min):
+    """Every slice (and every 5-slice stack) of cip_chest64 segmented alone against lm-64.  Slices 39-47, alone or
+    in stacks, once lost the whole left lung (darker there than the gas limits).  Worst Dice measured, over
+    positions with >= 50 voxels (3.5 mL) of each lung per slice: one slice right 0.946, left 0.904; five slices
+    right 0.949, left 0.929.  The apex and base tips (<= 41 voxels per slice) are not held to it."""
     ct, label_map, _ = cip
     truth = side_truth(label_map % 256, CIP_RIGHT, CIP_LEFT)
     worst = {labels.RIGHT_LUNG: 1.0, labels.LEFT_LUNG: 1.0}
-    for k in range(ct.shape[0]):
-        if min(np.count_nonzero(truth[k] == side) for side in worst) < 50:
+    for k in range(ct.shape[0] - n + 1):
+        part = truth[k : k + n]
+        if min(np.count_nonzero(part == side) for side in worst) < 50 * n:
             continue
-        lungs = segment_lungs(_single_slice(ct, k))[0]
+        lungs = segment_lungs(_stack(ct, k, n))
         for side in worst:
-            worst[side] = min(worst[side], dice(lungs == side, truth[k] == side))
-    assert worst[labels.RIGHT_LUNG] >= 0.93 and worst[labels.LEFT_LUNG] >= 0.89, worst
+            worst[side] = min(worst[side], dice(lungs == side, part == side))
+    assert worst[labels.RIGHT_LUNG] >= right_min and worst[labels.LEFT_LUNG] >= left_min, worst
