@@ -138,6 +138,11 @@ def write_report(ct: Volume, lesions: np.ndarray, lungs: np.ndarray | None, lobe
     return png, page
 
 
+def _long_name(region: str) -> str:
+    value = labels.LOBE_LABELS.get(region)
+    return f"{region} ({labels.LOBE_LONG_NAMES[value]})" if value else region
+
+
 def report_html(severity: dict[str, Any], title: str, png_base64: str | None = None) -> str:
     """A self-contained HTML page: title, the note, the picture (inline), scores with references, regions."""
     esc = html.escape
@@ -145,7 +150,8 @@ def report_html(severity: dict[str, Any], title: str, png_base64: str | None = N
         f"<tr><td>{esc(r['name'])}</td><td>{esc(r['value'])}</td><td>{esc(r['range'])}</td>"
         f"<td class=ref>{esc(r['reference'])}</td></tr>" for r in score_rows(severity))
     region_table = "".join(
-        f"<tr><td>{esc(r['region'])}</td><td>{_fmt(r.get('volume_ml'))}</td><td>{_fmt(r.get('lesion_ml'), 2)}</td>"
+        f"<tr><td>{esc(_long_name(r['region']))}</td><td>{_fmt(r.get('volume_ml'))}</td>"
+        f"<td>{_fmt(r.get('lesion_ml'), 2)}</td>"
         f"<td>{_fmt(r.get('percent'), 2)}</td><td>{_fmt(r.get('high_opacity_percent'), 2)}</td>"
         f"<td>{_fmt(r.get('lss'))}</td><td>{_fmt(r.get('lhos'))}</td><td>{_fmt(r.get('ctss'))}</td></tr>"
         for r in region_rows(severity))

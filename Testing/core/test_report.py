@@ -40,8 +40,8 @@ def test_segment_report_writes_a_readable_png_and_a_self_contained_html(reported
                  "lobe source: builtin", "engine classical (no trained weights)",
                  f"<td>{severity['CT_category']}</td>", "Chaganti"):
         assert text in page, text
-    for name in labels.LOBE_NAMES.values():
-        assert f"<td>{name}</td>" in page
+    for value, name in labels.LOBE_NAMES.items():
+        assert f"<td>{name} ({labels.LOBE_LONG_NAMES[value]})</td>" in page
 
 
 def test_score_table_comes_from_the_declared_scores():
