@@ -340,13 +340,16 @@ class COVIDLesionSegLogic:
     def _place_in_study(volume_node, nodes) -> None:
         """Put the case's nodes beside the CT in the subject hierarchy (under its study)."""
         sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
-        if sh is None:
+        volume_item = sh.GetItemByDataNode(volume_node) if sh is not None else 0
+        if not volume_item:
             return
-        parent = sh.GetItemParent(sh.GetItemByDataNode(volume_node))
+        parent = sh.GetItemParent(volume_item)
         for node in nodes:
             item = sh.GetItemByDataNode(node)
             if item:
                 sh.SetItemParent(item, parent)
+            else:
+                sh.CreateItem(parent, node)
 
     @staticmethod
     def _update_table(table_node, severity: dict[str, Any]) -> None:

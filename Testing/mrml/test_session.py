@@ -202,3 +202,32 @@ def test_running_again_keeps_corrections_unless_replacing(case):
     assert kept.lesions is not seg  # script: new nodes
     replaced = case.logic.show_results(case.volume, ph.lesions, ph.lungs, ph.lobes, severity, replace=True)
     assert replaced.lesions is kept.lesions and replaced.table is kept.table
+
+
+def test_case_nodes_sit_under_the_ct_study_in_the_subject_hierarchy(scene, small_phantom):
+    import slicer
+
+    from covidlesionseg.severity import compute_severity
+    from COVIDLesionSegLib import mrml
+    from COVIDLesionSegLib.logic import COVIDLesionSegLogic
+
+    ph = small_phantom
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    patient = sh.CreateSubjectItem(sh.GetSceneItemID(), "Patient 1")
+    study = sh.CreateStudyItem(patient, "Chest CT study")
+    volume = mrml.node_from_volume(ph.ct, "CT")
+    sh.CreateItem(study, volume)
+    severity = compute_severity(ph.ct, ph.lesions, ph.lungs, ph.lobes, lobe_source="truth")
+    nodes = COVIDLesionSegLogic().show_results(volume, ph.lesions, ph.lungs, ph.lobes, severity)
+    for node in (nodes.lesions, nodes.anatomy, nodes.original, nodes.table, nodes.chart):
+        assert sh.GetItemParent(sh.GetItemByDataNode(node)) == study, node.GetName()
+
+
+def test_scene_close_leaves_no_live_scores_or_stale_links(case):
+    import slicer
+
+    case.volume.GetScene().Clear(0)
+    assert case.logic.nodes_for(None) is None
+    assert case.logic.start_live(case.scheduler) is None and case.logic.live is None
+    assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLScriptedModuleNode") == 1  # a fresh parameter node
+    assert case.logic.parameters.get("engine") == "classical"
