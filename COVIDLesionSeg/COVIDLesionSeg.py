@@ -87,6 +87,7 @@ class COVIDLesionSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.lobeSourceComboBox.addItem(source)
 
         editor_widget = self.ui.segmentEditorWidget
+        self.select_editor_node()  # the editor node first, then the scene (as SegmentEditor.py does)
         editor_widget.setMRMLScene(slicer.mrmlScene)
         editor_widget.setSegmentationNodeSelectorVisible(False)  # only the lesion node; anatomy never reaches it
         editor_widget.setSourceVolumeNodeSelectorVisible(False)
@@ -95,7 +96,6 @@ class COVIDLesionSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         editor_widget.setEffectNameOrder(EFFECTS)
         editor_widget.unorderedEffectsVisible = False
-        self.select_editor_node()
 
         for widget in (self.ui.engineComboBox, self.ui.deviceComboBox, self.ui.lobeSourceComboBox):
             widget.connect("currentIndexChanged(int)", self.update_parameters_from_gui)
@@ -219,7 +219,9 @@ class COVIDLesionSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def on_run_finished(self, exit_code):
         self.ui.segmentButton.enabled, self.ui.cancelButton.enabled = True, False
         run = self.logic.run
-        summary = run.runner.state.summary if run is not None else ""
+        if run is None:  # cancelled: on_cancel has said so and removed the run
+            return
+        summary = run.runner.state.summary
         try:
             nodes = self.logic.finish_run()
         except ValueError as exc:
