@@ -315,6 +315,9 @@ class COVIDLesionSegTest(ScriptedLoadableModuleTest):
     def test_run_edit_undo_export(self):
         import numpy as np
 
+        from COVIDLesionSegLib.dependencies import ensure_dependencies
+
+        ensure_dependencies("classical")  # no torch needed
         from covidlesionseg.phantom import generate_phantom
         from COVIDLesionSegLib import editor, mrml, terminology
         from COVIDLesionSegLib.live import ManualScheduler
