@@ -15,10 +15,12 @@ Method, per lung, in the patient frame taken from the direction cosines:
    a symmetric ridge, not a step edge) on a ~1.5 mm grid, kept where the plate's normal agrees with the
    prior fissure's normal and where the voxel lies away from the pleura and from vessels (HU > -500).
 3. Surface fit.  Each fissure is a smooth height field over its prior plane (a cubic polynomial in the plane
-   coordinates), fitted by iteratively reweighted least squares with Tukey's biweight at shrinking scales,
-   starting from the prior and held to it by weak pseudo-observations.  An incomplete fissure (fused
-   parenchyma), or none visible (thick slices, dense consolidation), is thus extended smoothly; with no
-   evidence the prior plane is the answer.  The minor fissure is fitted after the oblique one, above it.
+   coordinates), started at the mode of the plates' offsets from the prior and fitted by iteratively
+   reweighted least squares with Tukey's biweight at shrinking scales, held to the prior by weak
+   pseudo-observations; few plates allow only a shift, then a tilt, before curves.  An incomplete fissure
+   (fused parenchyma) or one hidden by dense consolidation is thus extended smoothly; with no evidence, or
+   with voxels of 3 mm or more (fissures blurred into the parenchyma; measured: fits there hurt), the prior
+   plane is the answer.  The minor fissure is fitted after the oblique one, above it.
 4. Labels at full resolution: each lung voxel is put on its side of the fitted surfaces (every lung voxel in
    exactly one lobe of its own lung).
 """
@@ -49,13 +51,15 @@ WORK_MM = 1.6  # working grid for the image evidence (mm, about)
 SIGMA_MM = 1.2  # Hessian scale
 BAND_MM = 32.0  # how far from the prior a fissure is looked for
 PLEURA_MARGIN_MM = 4.5
-PLATE_REF = 20.0  # HU/mm^2: a clearly visible fissure's plate response
-PLATE_MIN = 5.0  # HU/mm^2: weaker responses are not evidence
+PLATE_REF = 30.0  # HU/mm^2: a clearly visible fissure's plate response
+PLATE_MIN = 8.0  # HU/mm^2: weaker responses are not evidence
+MINOR_BAND_MM = 45.0  # the minor fissure's level varies more between people
 POLY_DEGREE = 3
+THICK_SLICE_MM = 3.0  # thicker slices blur fissures into the parenchyma: the prior alone (measured: fits hurt)
 PRIOR_WEIGHT = 0.05  # pseudo-observations of the prior plane: this share of the evidence weight
 PRIOR_WEIGHT_MIN = 20.0
 EVIDENCE_FOR_DEGREE = (60.0, 300.0)  # summed plate weight needed for a tilted / curved fit
-SCALES_MM = (30.0, 16.0, 9.0, 5.0, 3.0)  # biweight scales of the IRLS fit
+SCALES_MM = (12.0, 8.0, 5.0, 3.0)  # biweight scales of the IRLS fit (after the offset mode)
 
 
 @dataclass
@@ -256,7 +260,8 @@ def _plates(grid: _Grid, side: int, candidates: np.ndarray) -> _Plates:
     hu = grid.hu[box]
     offset = np.array([s.start for s in box])
     sp = grid.spacing_zyx
-    sigma = np.maximum(SIGMA_MM, 0.5 * sp) / sp
+    s_mm = max(SIGMA_MM, 0.6 * float(sp.max()))
+    sigma = np.full(3, s_mm) / sp  # isotropic in mm, sampled well on thick slices
     local = tuple((idx - offset).T)
     hess = np.empty((len(idx), 3, 3), np.float32)
     grad = np.empty((len(idx), 3), np.float32)
@@ -273,7 +278,8 @@ def _plates(grid: _Grid, side: int, candidates: np.ndarray) -> _Plates:
     vals, vecs = np.linalg.eigh(hess)  # ascending: vals[:, 0] is the most negative
     l1 = vals[:, 0]
     other = np.maximum(np.abs(vals[:, 1]), np.abs(vals[:, 2]))
-    strength = -l1 - 1.5 * other
+    # A thin plate's response falls as the cube of the scale: normalise so thresholds hold at every scale.
+    strength = (-l1 - 1.5 * other) * (s_mm / SIGMA_MM) ** 3
     e1 = vecs[:, :, 0]  # plate normal in (k, j, i) index axes
     g_along = np.abs((grad * e1).sum(1))
     s_eff = float(np.sqrt((sigma * sp) ** 2 @ np.ones(3) / 3.0))
@@ -287,12 +293,14 @@ def _plates(grid: _Grid, side: int, candidates: np.ndarray) -> _Plates:
 
 # --- fit --------------------------------------------------------------------------------------------------
 def _fit(surface: Surface, points: np.ndarray, normals: np.ndarray, strength: np.ndarray,
-         support: np.ndarray, min_cos: float) -> Surface:
+         support: np.ndarray, min_cos: float, band: float = BAND_MM) -> Surface:
     """Fit the surface's polynomial to plate points near it (IRLS, Tukey biweight, shrinking scale)."""
     cos = np.abs(normals @ surface.normal)
     t, u, v = surface.frame(points)
-    keep = (cos > min_cos) & (np.abs(t) < BAND_MM)
-    weight = np.minimum(strength[keep] / PLATE_REF, 1.0) * ((cos[keep] - min_cos) / (1 - min_cos)) ** 2
+    keep = (cos > min_cos) & (np.abs(t) < band)
+    # Faint plates are mostly noise and vessel walls: their weight rises from 0 at PLATE_MIN to 1 at PLATE_REF.
+    clear = np.clip((strength[keep] - PLATE_MIN) / (PLATE_REF - PLATE_MIN), 0.0, 1.0) ** 2
+    weight = clear * ((cos[keep] - min_cos) / (1 - min_cos)) ** 2
     t, u, v = t[keep], u[keep], v[keep]
     # Weak pseudo-observations of the prior plane over the lung's extent (support points in the plane frame).
     _, su, sv = surface.frame(support)
@@ -300,11 +308,12 @@ def _fit(surface: Surface, points: np.ndarray, normals: np.ndarray, strength: np
     basis_prior = _basis(su, sv)
     w_prior = np.full(len(su), max(PRIOR_WEIGHT_MIN, PRIOR_WEIGHT * float(weight.sum())) / max(len(su), 1))
     # Few plates (an incomplete or faint fissure) bend the surface less: offset only, then a tilt, then curves.
-    first = float(np.sum(weight * (np.abs(t) < SCALES_MM[0])))
+    first = float(np.sum(weight))
     degree = 0 if first < EVIDENCE_FOR_DEGREE[0] else 1 if first < EVIDENCE_FOR_DEGREE[1] else POLY_DEGREE
     n = _n_terms(degree)
     basis_data, basis_prior = basis_data[:, :n], basis_prior[:, :n]
     coef = np.zeros(n)
+    coef[0] = _offset_mode(t, weight, band)
     total = 0.0
     for scale in SCALES_MM:
         r = t - basis_data @ coef
@@ -319,6 +328,18 @@ def _fit(surface: Surface, points: np.ndarray, normals: np.ndarray, strength: np
     surface.coef = coef
     surface.evidence = total
     return surface
+
+
+def _offset_mode(t: np.ndarray, weight: np.ndarray, band: float) -> float:
+    """Where the plates pile up across the band: the mode of their weighted offsets (3 mm kernel), mildly
+    held toward the prior (a Gaussian of 25 mm), so the fit starts on the fissure even far from the prior."""
+    if weight.sum() < EVIDENCE_FOR_DEGREE[0]:
+        return 0.0
+    edges = np.arange(-band, band + 1.0, 1.0)
+    hist, _ = np.histogram(t, bins=edges, weights=weight)
+    density = ndimage.gaussian_filter1d(hist.astype(float), 3.0, mode="constant")
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    return float(centres[np.argmax(density * np.exp(-0.5 * (centres / 25.0) ** 2))])
 
 
 # --- main -------------------------------------------------------------------------------------------------
@@ -337,6 +358,8 @@ def builtin_lobes(ct: Volume, lungs: np.ndarray, *, use_image: bool = True) -> n
     if lungs.shape != ct.shape:
         raise InputError(f"lung map {lungs.shape} must lie on the CT grid {ct.shape}")
     t0 = time.perf_counter()
+    if use_image and max(ct.spacing) >= THICK_SLICE_MM:
+        log.info("voxels of %.1f mm: fissures are not resolved, lobes from the anatomical prior", max(ct.spacing))
     grid = _working_grid(ct, lungs)
     out = np.zeros(ct.shape, np.uint8)
     for side in labels.LUNG_NAMES:
@@ -353,7 +376,7 @@ def builtin_lobes(ct: Volume, lungs: np.ndarray, *, use_image: bool = True) -> n
             log.warning("%s lung cut by the field of view at the %s: lobes from the anatomical prior with a "
                         "typical lung height", labels.LUNG_NAMES[side], frame.cut)
         oblique, minor = _prior(pts, side, frame)
-        if use_image:
+        if use_image and max(ct.spacing) < THICK_SLICE_MM:
             oblique, minor = _refine(grid, side, pts, oblique, minor)
         _label_side(ct, lungs, side, oblique, minor, out, grid)
     log.info("built-in lobes in %.2f s", time.perf_counter() - t0)
@@ -371,7 +394,7 @@ def _refine(grid: _Grid, side: int, pts: np.ndarray, oblique: Surface,
     lo, hi = np.array([b.start for b in box]), np.array([b.stop for b in box])
     near = np.abs(oblique.side_on_box(grid, lo, hi)) < BAND_MM
     if minor is not None:
-        near |= np.abs(minor.side_on_box(grid, lo, hi)) < BAND_MM
+        near |= np.abs(minor.side_on_box(grid, lo, hi)) < MINOR_BAND_MM
     cand = np.zeros(lung.shape, bool)
     cand[box] = near & inner[box]
     plates = _plates(grid, side, cand)
@@ -382,7 +405,8 @@ def _refine(grid: _Grid, side: int, pts: np.ndarray, oblique: Surface,
         above = oblique.side(ppts) > 3.0
         upper = support[oblique.side(support) > 0]
         if len(upper) >= 10:
-            minor = _fit(minor, ppts[above], plates.normal[above], plates.strength[above], upper, min_cos=0.85)
+            minor = _fit(minor, ppts[above], plates.normal[above], plates.strength[above], upper, min_cos=0.85,
+                         band=MINOR_BAND_MM)
     return oblique, minor
 
 

@@ -39,6 +39,7 @@ def test_prior_alone_on_coarse_ct(coarse):
     """3.4 x 3.4 x 5.3 mm: no fissure is visible, the prior calibrated on published fractions does the work."""
     lobes = builtin_lobes(coarse.ct, coarse.lungs)
     check_partition(lobes, coarse.lungs)
+    np.testing.assert_array_equal(lobes, builtin_lobes(coarse.ct, coarse.lungs, use_image=False))  # >= 3 mm
     scores = lobe_dice(lobes, coarse.lobes)
     assert min(scores.values()) > 0.6 and np.mean(list(scores.values())) > 0.84, scores
     in_lung = lobes[coarse.lungs > 0]
