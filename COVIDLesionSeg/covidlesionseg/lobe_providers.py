@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import SimpleITK as sitk
 
 from covidlesionseg import io
 from covidlesionseg.io import InputError, Volume
@@ -76,9 +77,28 @@ class FileLobes:
         return f"file:{self.convention or 'auto'}"
 
     def lobes(self, ct: Volume, lungs: np.ndarray) -> np.ndarray:
+        _report_other_grid(self.path, ct)
         label = io.read_label(self.path, ct, resample=True)
         converted, self.convention = convert_lobe_map(label.array, self.convention, ct)
         return complete_lobes(converted, lungs, ct, source=f"lobe map {self.path.name}")
+
+
+def _report_other_grid(path: Path, ct: Volume) -> None:
+    """Warn when a lobe map file lies on another grid than the CT (it is then resampled by nearest neighbour)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return  # read_label gives the clear error
+    size = tuple(reader.GetSize())[::-1]
+    same = (size == tuple(ct.shape) and np.allclose(reader.GetSpacing(), ct.spacing, atol=1e-3)
+            and np.allclose(reader.GetOrigin(), ct.origin, atol=1e-3))
+    if not same:
+        log.warning("lobe map %s lies on another grid (%s, spacing %s mm) than the CT (%s, %s mm): resampled onto "
+                    "the CT by nearest neighbour", path.name, "x".join(map(str, size)),
+                    "x".join(f"{v:.3g}" for v in reader.GetSpacing()), "x".join(map(str, ct.shape)),
+                    "x".join(f"{v:.3g}" for v in ct.spacing))
 
 
 def lobes_from_totalsegmentator(path: str | os.PathLike, ct: Volume, lungs: np.ndarray) -> np.ndarray:

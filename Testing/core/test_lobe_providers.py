@@ -60,8 +60,8 @@ def test_files_and_arrays(tmp_path):
     np.testing.assert_array_equal(provider.lobes(ct, lungs), truth)
 
 
-def test_file_lobes_on_another_grid_are_resampled(tmp_path):
-    """A lobe map at twice the resolution over the same extent comes back onto the CT grid."""
+def test_file_lobes_on_another_grid_are_resampled(tmp_path, caplog):
+    """A lobe map at twice the resolution over the same extent comes back onto the CT grid, reported."""
     ct, lungs, truth = phantom()
     fine = truth.repeat(2, 0).repeat(2, 1).repeat(2, 2)
     half = tuple(s / 2 for s in ct.spacing)
@@ -69,8 +69,10 @@ def test_file_lobes_on_another_grid_are_resampled(tmp_path):
     path = tmp_path / "fine.nrrd"
     io.write_label(path, fine_volume, encode(fine, "totalsegmentator_v2"))
     provider = lp.FileLobes(path)
-    np.testing.assert_array_equal(provider.lobes(ct, lungs), truth)
+    with caplog.at_level("WARNING"):
+        np.testing.assert_array_equal(provider.lobes(ct, lungs), truth)
     assert provider.name == "file:totalsegmentator_v2"
+    assert "lies on another grid" in caplog.text and "nearest neighbour" in caplog.text
 
 
 @pytest.mark.parametrize("version", ["totalsegmentator_v2", "totalsegmentator_v1"])
