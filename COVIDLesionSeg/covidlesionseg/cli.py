@@ -201,6 +201,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from covidlesionseg.training.workflow import run_training
+
+    say = (lambda _m: None) if args.quiet else (lambda m: print(m, flush=True))
+    network = json.loads(args.network) if args.network else None
+    result = run_training(args.output, data=args.data or (), generated=args.generated, real_data=args.real_data,
+                          real_variants=args.real_variants, init=args.init, architecture=args.architecture,
+                          network=network, max_steps=args.max_steps, device=args.device, seed=args.seed,
+                          label_map=args.label_map, model_id=args.id, register=not args.no_register,
+                          threads=args.threads, grow_pool=args.grow_pool, say=say)
+    if result["model_id"]:
+        print(result["model_id"])
+    elif not result["finished"]:
+        print(f"stopped before max steps; run the same command to resume ({result['run_dir']})")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from covidlesionseg.export import export_files, export_folder
 
@@ -314,6 +331,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--engine", default="classical", help="classical or a model id (default %(default)s)")
     common(s)
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("train", help="train or fine-tune the lung-and-lesion network; register the new model")
+    s.add_argument("-o", "--output", required=True, help="run folder (checkpoints, logs, curve); rerun to resume")
+    s.add_argument("--data", action="append", default=None, metavar="SPEC",
+                   help="labelled data: an export folder, an nnU-Net v2 raw dataset, a MONAI datalist JSON or "
+                        "IMAGES_DIR:LABELS_DIR (repeatable)")
+    s.add_argument("--label-map", default=None,
+                   help="how --data label values map to classes: medseg, covid19ctseg or '1:lesion,2:lesion,3:ignore'")
+    s.add_argument("--generated", type=int, default=0, metavar="N", help="add N generated chest CT cases")
+    s.add_argument("--real-data", default=None, metavar="DIR",
+                   help="folder holding real_ct/ normal chests to paint lesions into (the shared data folder)")
+    s.add_argument("--real-variants", type=int, default=8, help="painted variants per real chest (default %(default)s)")
+    s.add_argument("--init", default=None, metavar="MODEL_ID", help="fine-tune this registered model")
+    s.add_argument("--architecture", default="compact_res_unet", help="network of a new model (default %(default)s)")
+    s.add_argument("--network", default=None, help="JSON constructor settings of a new network")
+    s.add_argument("--max-steps", type=int, default=3000, help="optimiser steps (default %(default)s)")
+    s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to train")
+    s.add_argument("--seed", type=int, default=0, help="seed of sampling, augmentation and initialisation")
+    s.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: torch's choice)")
+    s.add_argument("--id", default=None, help="id of the new model (default: derived from parent or architecture)")
+    s.add_argument("--no-register", action="store_true", help="train only; do not add the model to the registry")
+    s.add_argument("--grow-pool", action="store_true",
+                   help="let cases another process adds to the run's case folder join training")
+    common(s)
+    s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("export", help="append corrected cases to an export folder (nnU-Net v2 raw, MONAI datalist)")
     s.add_argument("--ct", default=None, help="the CT (file or DICOM folder)")

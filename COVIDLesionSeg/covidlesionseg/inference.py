@@ -1,10 +1,11 @@
-"""Sliding-window inference of a lesion network on a CT, from the CT's grid and back to it.
+"""Sliding-window inference of a segmentation network on a CT, from the CT's grid and back to it.
 
-The steps (``predict_lesions``): crop the CT to the lung bounding box plus a margin, resample the
-crop to the model's fixed voxel spacing (linear), window and normalise HU (``normalize_hu``, the
-one place training must share), MONAI sliding-window inference with Gaussian blending, softmax,
-then the lesion probability 1 - p(background) is resampled linearly back onto the crop of the
-input grid, thresholded at 0.5 and pasted into a full-size boolean mask.
+``predict_classes`` is the one path: crop the CT (to the body for the lung-and-lesion network, to the lungs
+plus a margin for a lesion-only network), resample the crop to the model's fixed voxel spacing (linear),
+window and normalise HU (``normalize_hu``, the one place training shares), MONAI sliding-window inference
+with Gaussian blending and softmax, then each class probability is resampled linearly back onto the crop of
+the input grid and the argmax pasted into a full-size class map.  ``predict_lesions`` is the lesion-only
+view of it (lesion = any class but background).
 
 Arrays go to the network in numpy order ``(k, j, i)`` as channel 1 of ``(N, 1, k, j, i)``.
 Mixed precision (``torch.autocast``) is used on CUDA only.  When CUDA runs out of memory, the
@@ -176,11 +177,11 @@ def count_windows(image_size: Sequence[int], roi_size: Sequence[int], overlap: f
 
 
 # --- inference ----------------------------------------------------------------------------------
-def _sliding_window_probability(
+def _sliding_window_softmax(
     net: torch.nn.Module, image: torch.Tensor, roi_size: Sequence[int], overlap: float, plan: StitchPlan,
     amp: bool, control: RunControl, progress_span: tuple[float, float], sw_batch_size: int,
 ) -> np.ndarray:
-    """Lesion probability 1 - p(background) for a (1, 1, D, H, W) CPU tensor, as a float32 (D, H, W) array."""
+    """Class probabilities (softmax) for a (1, 1, D, H, W) CPU tensor, as a float32 (C, D, H, W) array."""
     net.to(plan.sw_device)
     total = count_windows(image.shape[2:], roi_size, overlap)
     done = 0
@@ -200,7 +201,7 @@ def _sliding_window_probability(
         logits = sliding_window_inference(image, list(roi_size), sw_batch_size, predictor, overlap=overlap,
                                           mode="gaussian", sw_device=plan.sw_device, device=plan.device)
         control.check()
-        probability = 1.0 - torch.softmax(logits, dim=1)[0, 0]
+        probability = torch.softmax(logits, dim=1)[0]
         del logits
         return probability.to(device="cpu", dtype=torch.float32).numpy()
 
@@ -217,10 +218,15 @@ class _MonotonicControl(RunControl):
         super().report(self._best, message)
 
 
-def predict_lesions(
+def body_bounding_box(ct: Volume, margin_mm: float = 5.0, body_hu: float = -500.0) -> tuple[slice, ...] | None:
+    """Box of the voxels denser than ``body_hu`` (the body, and the table beneath it) grown by ``margin_mm``."""
+    return bounding_box(ct.array > body_hu, [math.ceil(margin_mm / s) for s in ct.spacing_zyx])
+
+
+def predict_classes(
     net: torch.nn.Module,
     ct: Volume,
-    lungs: np.ndarray,
+    box: tuple[slice, ...] | None,
     *,
     spacing_mm: Sequence[float],
     hu_window: Sequence[float],
@@ -229,31 +235,27 @@ def predict_lesions(
     control: RunControl | None = None,
     overlap: float = 0.25,
     amp: bool = True,
-    margin_mm: float = 10.0,
     sw_batch_size: int = 1,
 ) -> np.ndarray:
-    """Boolean lesion mask on ``ct``'s grid from a segmentation network (class 0 = background).
+    """Class map (uint8, argmax of the softmax) on ``ct``'s grid from a segmentation network, 0 outside ``box``.
 
-    ``spacing_mm`` is the model's voxel spacing in index order (i, j, k) like ``Volume.spacing``;
-    ``roi_size`` the window size in numpy order (k, j, i); ``lungs`` any mask/label map on ``ct``'s
-    grid (nonzero = lung), whose bounding box grown by ``margin_mm`` is what the network sees.
-    Voxels outside that box are False.  The network is moved to the device that ran it (the CPU
-    after a full out-of-memory fallback).  Raises ``Cancelled`` when ``control`` asks to stop.
+    The crop ``box`` of the CT is resampled to the model's ``spacing_mm`` (index order i, j, k, linear),
+    windowed and normalised (``normalize_hu``), run through MONAI's sliding-window inference with Gaussian
+    blending (``roi_size`` in numpy order k, j, i), and each class probability is resampled linearly back to
+    the crop before the argmax, so borders are as smooth as the CT's own grid allows.  The network is moved
+    to the device that ran it (the CPU after a full out-of-memory fallback).  Raises ``Cancelled`` when
+    ``control`` asks to stop.
     """
     control = _MonotonicControl(control or RunControl())
-    lungs = np.asarray(lungs)
-    if lungs.shape != ct.shape:
-        raise InputError(f"lung mask shape {lungs.shape} differs from the CT's {ct.shape}")
     if len(spacing_mm) != 3 or min(spacing_mm) <= 0 or len(roi_size) != 3 or min(roi_size) < 1:
         raise InputError(f"bad model geometry: spacing {tuple(spacing_mm)} mm, window {tuple(roi_size)}")
     if not 0.0 <= overlap < 1.0:
         raise InputError(f"window overlap must be in [0, 1), got {overlap}")
     torch_device = resolve_device(device)
-    result = np.zeros(ct.shape, dtype=bool)
+    result = np.zeros(ct.shape, dtype=np.uint8)
     control.report(0.0, "preparing")
-    box = lung_bounding_box(lungs != 0, ct.spacing_zyx, margin_mm)
     if box is None:
-        control.report(1.0, "no lungs: nothing to segment")
+        control.report(1.0, "nothing to segment")
         return result
 
     crop = _crop_volume(ct, box)
@@ -272,8 +274,8 @@ def predict_lesions(
     net.eval()
 
     def run(plan: StitchPlan) -> np.ndarray:
-        return _sliding_window_probability(net, tensor, roi_size, overlap, plan, amp, control,
-                                           (_PREPARE, _WINDOWS), sw_batch_size)
+        return _sliding_window_softmax(net, tensor, roi_size, overlap, plan, amp, control,
+                                       (_PREPARE, _WINDOWS), sw_batch_size)
 
     def fallback(plan: StitchPlan, message: str) -> None:
         control.report(_PREPARE, message)
@@ -283,15 +285,52 @@ def predict_lesions(
     control.report(_PREPARE + _WINDOWS, "resampling to the CT grid")
 
     if same_spacing:
-        lesion_crop = probability > 0.5
+        labels_crop = probability.argmax(0).astype(np.uint8)
     else:
-        prob_image = sitk.GetImageFromArray(probability)
-        prob_image.SetSpacing([float(s) for s in spacing_mm])
-        prob_image.SetOrigin(origin)
-        prob_image.SetDirection(tuple(float(d) for d in crop.direction.ravel()))
-        back = _resample(prob_image, crop.shape[::-1], crop.spacing, crop.origin, crop.direction,
-                         sitk.sitkLinear, 0.0)
-        lesion_crop = sitk.GetArrayViewFromImage(back) > 0.5
-    result[box] = lesion_crop
+        best = labels_crop = None
+        for c in range(probability.shape[0]):
+            channel = sitk.GetImageFromArray(probability[c])
+            channel.SetSpacing([float(s) for s in spacing_mm])
+            channel.SetOrigin(origin)
+            channel.SetDirection(tuple(float(d) for d in crop.direction.ravel()))
+            back = sitk.GetArrayFromImage(_resample(channel, crop.shape[::-1], crop.spacing, crop.origin,
+                                                    crop.direction, sitk.sitkLinear, 1.0 if c == 0 else 0.0))
+            if best is None:
+                best, labels_crop = back, np.zeros(back.shape, np.uint8)
+            else:
+                better = back > best
+                labels_crop[better] = c
+                np.maximum(best, back, out=best)
+            control.check()
+    result[box] = labels_crop
     control.report(1.0, "done")
     return result
+
+
+def predict_lesions(
+    net: torch.nn.Module,
+    ct: Volume,
+    lungs: np.ndarray,
+    *,
+    spacing_mm: Sequence[float],
+    hu_window: Sequence[float],
+    roi_size: Sequence[int],
+    device: str | torch.device = "auto",
+    control: RunControl | None = None,
+    overlap: float = 0.25,
+    amp: bool = True,
+    margin_mm: float = 10.0,
+    sw_batch_size: int = 1,
+) -> np.ndarray:
+    """Boolean lesion mask on ``ct``'s grid from a lesion network (class 0 = background, any other = lesion).
+
+    ``lungs`` is any mask/label map on ``ct``'s grid (nonzero = lung), whose bounding box grown by
+    ``margin_mm`` is what the network sees; voxels outside that box are False.
+    """
+    lungs = np.asarray(lungs)
+    if lungs.shape != ct.shape:
+        raise InputError(f"lung mask shape {lungs.shape} differs from the CT's {ct.shape}")
+    box = lung_bounding_box(lungs != 0, ct.spacing_zyx, margin_mm)
+    classes = predict_classes(net, ct, box, spacing_mm=spacing_mm, hu_window=hu_window, roi_size=roi_size,
+                              device=device, control=control, overlap=overlap, amp=amp, sw_batch_size=sw_batch_size)
+    return classes != 0

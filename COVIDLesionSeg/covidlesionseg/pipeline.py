@@ -16,7 +16,7 @@ from covidlesionseg import SOFTWARE_NAME, __version__, io, labels
 from covidlesionseg.engines.base import CancelCheck, LesionEngine, ProgressCallback, RunControl
 from covidlesionseg.lobe_providers import resolve_lobe_source
 from covidlesionseg.lobes import complete_lobes
-from covidlesionseg.lungs import include_lesions, segment_lungs
+from covidlesionseg.lungs import include_lesions, segment_lungs, split_right_left
 from covidlesionseg.severity import SeverityConfig, compute_severity, split_opacity
 
 
@@ -111,12 +111,18 @@ def run_segmentation(
     stages = _StageControl(RunControl(progress, cancel))
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    if lungs is None:
-        lungs = segment_lungs(ct, stages.stage(0.0, 0.2, "lungs"))
-    timings["lungs_s"] = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    lesion_mask = engine.segment(ct, lungs, *_callbacks(stages.stage(0.2, 0.9, "lesions")))
-    timings["lesions_s"] = time.perf_counter() - t1
+    if lungs is None and engine.provides_lungs:  # one pass: lungs and lesions from the same network
+        lung_mask, lesion_mask = engine.segment_with_lungs(ct, *_callbacks(stages.stage(0.0, 0.9, "lungs and lesions")))
+        lungs = split_right_left(lung_mask, ct)
+        timings["lungs_s"] = 0.0
+        timings["lesions_s"] = time.perf_counter() - t0
+    else:
+        if lungs is None:
+            lungs = segment_lungs(ct, stages.stage(0.0, 0.2, "lungs"))
+        timings["lungs_s"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        lesion_mask = engine.segment(ct, lungs, *_callbacks(stages.stage(0.2, 0.9, "lesions")))
+        timings["lesions_s"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     stages.stage(0.9, 1.0, "lobes and scores").check()
     lesion_labels, lungs, lobe_map, core = finish_labels(

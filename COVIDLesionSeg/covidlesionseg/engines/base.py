@@ -53,6 +53,8 @@ class LesionEngine(ABC):
     version: str = ""
     weights_sha256: str | None = None
     device: str = "cpu"
+    provides_lungs: bool = False
+    """True for engines that segment the lungs together with the lesions (``segment_with_lungs``)."""
 
     def segment(
         self,
@@ -71,6 +73,17 @@ class LesionEngine(ABC):
         if lungs.shape != ct.shape:
             raise InputError(f"lung mask shape {lungs.shape} differs from the CT's {ct.shape}")
         return self._segment(ct, lungs, RunControl(progress, cancel))
+
+    def segment_with_lungs(
+        self,
+        ct: Volume,
+        progress: ProgressCallback | None = None,
+        cancel: CancelCheck | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(lung mask, lesion mask), both boolean on ``ct``'s grid, from one pass of an engine that
+        ``provides_lungs``; the lung mask contains the lesion mask.  Right and left are not the engine's:
+        the caller splits them by the direction cosines."""
+        raise NotImplementedError(f"engine {self.name!r} does not segment lungs")
 
     @abstractmethod
     def _segment(self, ct: Volume, lungs: np.ndarray, run: RunControl) -> np.ndarray:

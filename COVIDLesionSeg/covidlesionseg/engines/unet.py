@@ -1,5 +1,9 @@
 """The neural lesion engine: a registered 3D U-Net (Bressem et al. 2021 or the compact variant).
 
+A model whose registry entry lists ``outputs`` ["background", "lung", "lesion"] segments lungs and lesions
+together (``provides_lungs``): it sees the whole body, so dense consolidation that a density-based lung mask
+drops is still lung.  Lesion-only models (two outputs) see the lung mask's box and mark lesions.
+
 Weights come from the model registry (``models.fetch_weights``) and are checked against their
 sha256 before they are read (``models.load_state_dict``, ``weights_only``).  Inference runs through
 ``inference.predict_lesions``; the lesion is every non-background class.  Lesions may reach a few
@@ -18,12 +22,36 @@ from scipy import ndimage
 
 from covidlesionseg import models
 from covidlesionseg.engines.base import LesionEngine, ProgressCallback, RunControl
-from covidlesionseg.inference import predict_lesions, resolve_device
+from covidlesionseg.inference import body_bounding_box, predict_classes, predict_lesions, resolve_device
 from covidlesionseg.io import InputError, Volume
 from covidlesionseg.networks import build_network
 
 LUNG_MARGIN_MM = 3.0
 """How far past the lung mask a lesion may reach."""
+JOINT_OUTPUTS = ("background", "lung", "lesion")
+"""Class order of a lung-and-lesion model."""
+MIN_LUNG_COMPONENT_ML = 5.0
+"""Lung components smaller than this (and not touching a larger one) are dropped as noise."""
+
+
+def clean_lungs(lung: np.ndarray, ct: Volume) -> np.ndarray:
+    """A network's lung mask without specks: components under ``MIN_LUNG_COMPONENT_ML`` dropped, holes inside
+    each slice filled (a vessel or nodule inside the lung is lung)."""
+    labelled, n = ndimage.label(lung)
+    if n == 0:
+        return lung
+    sizes = np.bincount(labelled.ravel())[1:] * ct.voxel_ml
+    keep = np.zeros(n + 1, bool)
+    keep[1:] = sizes >= MIN_LUNG_COMPONENT_ML
+    if not keep.any():  # a single slice or a tiny stack: keep the largest component
+        keep[1 + int(np.argmax(sizes))] = True
+    out = keep[labelled]
+    axis, _ = ct.patient_axis("SI")
+    for k in range(out.shape[axis]):
+        index = [slice(None)] * 3
+        index[axis] = k
+        out[tuple(index)] = ndimage.binary_fill_holes(out[tuple(index)])
+    return out
 
 
 def keep_near_lungs(lesions: np.ndarray, lungs: np.ndarray, spacing_zyx: Sequence[float],
@@ -83,12 +111,34 @@ class UNetEngine(LesionEngine):
             first = str(exc).strip().splitlines()[0]
             raise InputError(f"weights of model {self.name!r} do not fit {entry['architecture']}: {first}") from None
         self.net.eval()
+        outputs = [str(o) for o in (entry.get("outputs") or [])]
+        self.provides_lungs = outputs == list(JOINT_OUTPUTS)
+
+    def _classes(self, ct: Volume, box: tuple[slice, ...] | None, control: RunControl) -> np.ndarray:
+        classes = predict_classes(self.net, ct, box, spacing_mm=self.spacing_mm, hu_window=self.hu_window,
+                                  roi_size=self.roi_size, device=self._torch_device, control=control)
+        self.device = next(self.net.parameters()).device.type  # after an out-of-memory fallback: the CPU
+        return classes
+
+    def segment_with_lungs(self, ct: Volume, progress: ProgressCallback | None = None,
+                           cancel=None) -> tuple[np.ndarray, np.ndarray]:
+        if not self.provides_lungs:
+            return super().segment_with_lungs(ct, progress, cancel)
+        control = RunControl(progress, cancel)
+        classes = self._classes(ct, body_bounding_box(ct), control)
+        lungs = clean_lungs(classes >= JOINT_OUTPUTS.index("lung"), ct)
+        lesions = (classes == JOINT_OUTPUTS.index("lesion")) & lungs
+        return lungs, lesions
 
     def describe(self) -> dict:
         return {**super().describe(), "architecture": self.entry.get("architecture")}
 
     def _segment(self, ct: Volume, lungs: np.ndarray, control: RunControl) -> np.ndarray:
         lung_mask = lungs != 0
+        if self.provides_lungs:  # a joint model given someone else's lungs: its lesions near those lungs
+            box = body_bounding_box(ct)
+            raw = self._classes(ct, box, control) == JOINT_OUTPUTS.index("lesion")
+            return keep_near_lungs(raw, lung_mask, ct.spacing_zyx, self.lung_margin_mm)
         raw = predict_lesions(self.net, ct, lung_mask, spacing_mm=self.spacing_mm, hu_window=self.hu_window,
                               roi_size=self.roi_size, device=self._torch_device, control=control,
                               margin_mm=max(10.0, 2 * self.lung_margin_mm))
