@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 MODULE = Path(__file__).resolve().parents[1] / "COVIDLesionSeg"
-RESOURCE_SUFFIXES = (".ui", ".png", ".json", ".term.json", ".svg")
+RESOURCE_SUFFIXES = (".ui", ".png", ".json", ".term.json", ".svg", ".pt", ".md")
 
 
 def module_files() -> tuple[list[str], list[str]]:

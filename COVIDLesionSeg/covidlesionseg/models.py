@@ -1,10 +1,12 @@
 """The model registry: which lesion engines exist, their weights (sha256-checked), the user's default.
 
-Two registries are merged: the shipped one (``covidlesionseg/data/models.json``, read-only) and the
+Two registries are merged: the shipped one (``COVIDLesionSeg/Resources/Models/models.json`` beside the
+shipped weights, read-only; ``$COVIDLESIONSEG_SHIPPED_MODELS`` names another folder) and the
 user's (``<cache>/models.json`` with weights under ``<cache>/weights/``), where ``<cache>`` is
 ``$COVIDLESIONSEG_HOME``, else ``$XDG_CACHE_HOME/covidlesionseg``, else ``~/.cache/covidlesionseg``.
-The default engine is kept in ``<cache>/config.json``; without one (or when it names a model that
-no longer exists) it is ``classical``.  Exactly one engine is the default.
+The default engine is the one the user chose (``<cache>/config.json``); without a choice (or when it
+names a model that no longer exists) the shipped entry marked ``"default": true``, else ``classical``.
+Exactly one engine is the default.
 
 An entry: ``{"id", "architecture", "network" (constructor keywords), "spacing" (mm, i j k),
 "hu_window", "roi_size" (k j i), "sha256", "source" (http(s)/file URL, "builtin" or a path),
@@ -42,8 +44,11 @@ CLASSICAL_ID = "classical"
 REGISTRY_FILE = "models.json"
 CONFIG_FILE = "config.json"
 WEIGHTS_DIR = "weights"
-SHIPPED_REGISTRY = Path(__file__).resolve().parent / "data" / REGISTRY_FILE
-BUILTIN_WEIGHTS = Path(__file__).resolve().parent / "data" / WEIGHTS_DIR
+SHIPPED_DIR = Path(os.environ.get("COVIDLESIONSEG_SHIPPED_MODELS")
+                   or Path(__file__).resolve().parent.parent / "Resources" / "Models")
+"""The extension's Resources/Models: the shipped registry and its weights (the package's parent folder)."""
+SHIPPED_REGISTRY = SHIPPED_DIR / REGISTRY_FILE
+BUILTIN_WEIGHTS = SHIPPED_DIR
 LISTED_FIELDS = ("id", "architecture", "sha256", "parent", "metrics")
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _CHUNK = 1 << 20
@@ -104,7 +109,7 @@ def get_model(model_id: str) -> dict[str, Any]:
 
 
 def default_model_id() -> str:
-    """The id in the user's config, or ``classical`` when none is set or it no longer exists."""
+    """The id in the user's config, else the shipped default (``"default": true``), else ``classical``."""
     path = user_cache_dir() / CONFIG_FILE
     chosen = None
     if path.is_file():
@@ -112,7 +117,10 @@ def default_model_id() -> str:
             chosen = json.loads(path.read_text()).get("default")
         except (OSError, json.JSONDecodeError, AttributeError):
             chosen = None
-    return chosen if chosen in model_ids() else CLASSICAL_ID
+    if chosen in model_ids():
+        return chosen
+    shipped = [e["id"] for e in _read_registry(SHIPPED_REGISTRY) if e.get("default") is True]
+    return shipped[0] if shipped else CLASSICAL_ID
 
 
 def list_models() -> list[dict[str, Any]]:
