@@ -12,46 +12,10 @@ import sys
 from collections.abc import Callable, Sequence
 
 from covidlesionseg import __version__, io, labels
-from covidlesionseg.engines.base import Cancelled
+from covidlesionseg.progress import Cancelled, ConsoleProgress
 
 EXIT_INPUT = 2
 EXIT_INTERNAL = 1
-
-
-class _Progress:
-    """Progress from engine-style (fraction, message) callbacks, on stderr: a tqdm bar on a terminal, one
-    line per stage (``segment:  35% right and left``) when stderr is a file or pipe; nothing with ``quiet``.
-
-    With ``lines`` (``--progress-lines``) or ``COVIDLESIONSEG_PROGRESS=lines`` it prints
-    ``PROGRESS <fraction 0..1> <message>`` lines on stdout instead, which the Slicer module reads from its
-    subprocess (COVIDLesionSegLib.process parses exactly this: split on the first two spaces).
-    """
-
-    def __init__(self, desc: str, quiet: bool = False, lines: bool = False):
-        from tqdm import tqdm
-
-        self.lines = lines or os.environ.get("COVIDLESIONSEG_PROGRESS") == "lines"
-        self.stage_lines = not (quiet or self.lines or sys.stderr.isatty())
-        self.desc, self.stage = desc, None
-        self.bar = tqdm(total=100, desc=desc, file=sys.stderr, disable=quiet or self.lines or self.stage_lines,
-                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} {postfix}")
-        self.done = 0
-
-    def __call__(self, fraction: float, message: str = "") -> None:
-        if self.lines:
-            print(f"PROGRESS {fraction:.3f} {message}", flush=True)
-        elif self.stage_lines and message and message != self.stage:
-            self.stage = message
-            print(f"{self.desc}: {100 * fraction:3.0f}% {message}", file=sys.stderr, flush=True)
-        target = int(round(100 * fraction))
-        if target > self.done:
-            self.bar.update(target - self.done)
-            self.done = target
-        if message:
-            self.bar.set_postfix_str(message[:40], refresh=False)
-
-    def close(self) -> None:
-        self.bar.close()
 
 
 def _warn_device(device: str, engine) -> None:
@@ -83,7 +47,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     check_lobe_spec(lobes)
     engine = make_engine(args.engine, device=args.device)
     _warn_device(args.device, engine)
-    bar = _Progress("segment", args.quiet, args.progress_lines)
+    bar = ConsoleProgress("segment", args.quiet, args.progress_lines)
     try:
         result = run_segmentation(ct, engine, lobes=lobes, lobe_convention=args.lobe_convention,
                                   config=_severity_config(args), progress=bar)
@@ -143,7 +107,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from covidlesionseg.evaluate import evaluate_folders
 
     label_values = [int(v) for v in args.label_map.split(",")] if args.label_map else None
-    bar = _Progress("evaluate", args.quiet, args.progress_lines)
+    bar = ConsoleProgress("evaluate", args.quiet, args.progress_lines)
     try:
         doc = evaluate_folders(args.images, args.labels, engine_id=args.engine, device=args.device,
                                nsd_mm=args.nsd_mm, label_values=label_values, progress=bar)

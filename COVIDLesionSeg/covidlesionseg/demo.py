@@ -25,18 +25,18 @@ def run_demo(
     ``segmentation/`` (the pipeline's label maps + severity.json), ``metrics.json``, ``report.md``
     and ``preview.png``.  Returns a short text summary.
     """
-    from covidlesionseg.cli import _Progress
     from covidlesionseg.metrics import case_metrics, dice
     from covidlesionseg.models import make_engine
     from covidlesionseg.phantom import generate_phantom, save_phantom, truth_severity
     from covidlesionseg.pipeline import run_segmentation, write_result
     from covidlesionseg.preview import render_preview
+    from covidlesionseg.progress import ConsoleProgress
     from covidlesionseg.report import lobe_table, markdown_report
 
     phantom = generate_phantom(seed, severity, shape=shape or DEMO_SHAPE)
     truth = truth_severity(phantom)
     engine = make_engine(engine_id, device="auto")
-    bar = _Progress("demo", quiet)
+    bar = ConsoleProgress("demo", quiet)
     try:
         result = run_segmentation(phantom.ct, engine, lobes="builtin", progress=bar)
     finally:

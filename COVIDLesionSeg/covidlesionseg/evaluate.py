@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from covidlesionseg import io
-from covidlesionseg.engines.base import ProgressCallback
+from covidlesionseg.progress import ProgressCallback
 
 _SUFFIX = re.compile(r"\.(nii\.gz|nii|nrrd|nhdr|mha|mhd)$", re.IGNORECASE)
 

@@ -28,9 +28,9 @@ import torch
 from monai.data.utils import dense_patch_slices
 from monai.inferers import sliding_window_inference
 
-from covidlesionseg.engines.base import RunControl
 from covidlesionseg.io import InputError, Volume
 from covidlesionseg.masks import bounding_box
+from covidlesionseg.progress import RunControl
 
 log = logging.getLogger(__name__)
 

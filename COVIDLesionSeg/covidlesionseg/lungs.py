@@ -40,9 +40,9 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 from covidlesionseg import labels
-from covidlesionseg.engines.base import RunControl
 from covidlesionseg.io import InputError, Volume
 from covidlesionseg.masks import bounding_box, distance_to, downsample, upsample
+from covidlesionseg.progress import RunControl
 
 AIR_HU = -400.0  # aerated lung and air lie below this
 PADDING_HU = -1500.0  # scanner padding outside the reconstruction circle (-2048, -3024, ...)

@@ -31,11 +31,11 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from covidlesionseg.io import InputError, write_json
+from covidlesionseg.progress import ProgressCallback
 
 if TYPE_CHECKING:
     from covidlesionseg.engines.base import LesionEngine
@@ -53,8 +53,6 @@ LISTED_FIELDS = ("id", "architecture", "sha256", "parent", "metrics")
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _CHUNK = 1 << 20
 _URL_SCHEMES = ("http", "https", "file")
-
-ProgressCallback = Callable[[float, str], None]
 
 
 # --- places --------------------------------------------------------------------------------------

@@ -16,10 +16,10 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from covidlesionseg.engines.base import Cancelled
 from covidlesionseg.engines.classical import ClassicalEngine, ClassicalParams
 from covidlesionseg.io import InputError, Volume
 from covidlesionseg.labels import LEFT_LUNG, RIGHT_LUNG
+from covidlesionseg.progress import Cancelled
 
 BODY_HU, LUNG_HU, VESSEL_HU, GGO_HU, CONSOLIDATION_HU, AIR_HU = 40.0, -860.0, 40.0, -550.0, 20.0, -950.0
 FIELD_MM = np.array([200.0, 160.0, 150.0])  # x (toward patient left), y (posterior), z (superior)

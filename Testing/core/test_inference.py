@@ -9,7 +9,6 @@ import pytest
 import torch
 from monai.inferers import sliding_window_inference
 
-from covidlesionseg.engines.base import Cancelled, RunControl
 from covidlesionseg.inference import (
     StitchPlan,
     count_windows,
@@ -22,6 +21,7 @@ from covidlesionseg.inference import (
     stitch_plans,
 )
 from covidlesionseg.io import InputError, Volume
+from covidlesionseg.progress import Cancelled, RunControl
 
 HU_WINDOW = (-1000.0, 400.0)
 SPACING_IJK = (0.9, 0.8, 2.5)

@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from scipy import ndimage as ndi
 
 from covidlesionseg import labels
-from covidlesionseg.engines.base import Cancelled, RunControl
 from covidlesionseg.io import InputError, Volume
 from covidlesionseg.lungs import include_lesions, segment_lungs, split_right_left
+from covidlesionseg.progress import Cancelled, RunControl
 
 IDENTITY = np.eye(3)
 FLIPPED_XY = np.diag([-1.0, -1.0, 1.0])  # index i toward the patient's right, j toward anterior

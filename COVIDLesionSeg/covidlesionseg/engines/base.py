@@ -2,44 +2,17 @@
 
 An engine turns a CT (``io.Volume``, float32 HU) and a lung mask on the same grid into a boolean
 lesion mask on that grid.  Engines report progress through a callback and stop early when a
-cancel check returns True (the Slicer module's Cancel button, a subprocess signal, a test).
+cancel check returns True (``covidlesionseg.progress``).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
 from covidlesionseg.io import InputError, Volume
-
-ProgressCallback = Callable[[float, str], None]
-"""Called with (fraction done in [0, 1], short message)."""
-CancelCheck = Callable[[], bool]
-"""Returns True when the caller wants the work stopped."""
-
-
-class Cancelled(RuntimeError):
-    """Raised by an engine that was asked to stop; nothing is written."""
-
-
-@dataclass
-class RunControl:
-    """Progress reporting and cancellation for one run, safe to call with neither given."""
-
-    progress: ProgressCallback | None = None
-    cancel: CancelCheck | None = None
-
-    def report(self, fraction: float, message: str = "") -> None:
-        if self.progress is not None:
-            self.progress(float(min(max(fraction, 0.0), 1.0)), message)
-
-    def check(self) -> None:
-        """Raise ``Cancelled`` if cancellation was asked for."""
-        if self.cancel is not None and self.cancel():
-            raise Cancelled("cancelled by the user")
+from covidlesionseg.progress import CancelCheck, ProgressCallback, RunControl
 
 
 class LesionEngine(ABC):

@@ -44,9 +44,10 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from covidlesionseg.engines.base import LesionEngine, RunControl
+from covidlesionseg.engines.base import LesionEngine
 from covidlesionseg.io import InputError, Volume
 from covidlesionseg.masks import bounding_box, distance_to, downsample, upsample
+from covidlesionseg.progress import RunControl
 
 OUTSIDE_HU = -1000.0  # what the vessel opening sees outside the lungs (air: the lung border is "bright")
 

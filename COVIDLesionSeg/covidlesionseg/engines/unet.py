@@ -21,10 +21,11 @@ import numpy as np
 from scipy import ndimage
 
 from covidlesionseg import models
-from covidlesionseg.engines.base import LesionEngine, ProgressCallback, RunControl
+from covidlesionseg.engines.base import LesionEngine
 from covidlesionseg.inference import body_bounding_box, predict_classes, predict_lesions, resolve_device
 from covidlesionseg.io import InputError, Volume
 from covidlesionseg.networks import build_network
+from covidlesionseg.progress import ProgressCallback, RunControl
 
 LUNG_MARGIN_MM = 3.0
 """How far past the lung mask a lesion may reach."""
