@@ -149,7 +149,7 @@ class COVIDLesionSegLogic:
         ``lobes``: "builtin" | "segmentation" (``lobe_segmentation``) | "file" (``lobe_file``) | "none".
         Without ``replace`` a CT that already has nodes gets new ones (scripts never lose corrections).
         """
-        from covidlesionseg.models import make_engine
+        from covidlesionseg.engines.factory import make_engine
         from covidlesionseg.pipeline import run_segmentation
 
         self.check_device(device)

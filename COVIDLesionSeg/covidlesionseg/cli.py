@@ -37,8 +37,8 @@ def _severity_config(args: argparse.Namespace):
 
 # --- commands ------------------------------------------------------------------------------
 def cmd_segment(args: argparse.Namespace) -> int:
+    from covidlesionseg.engines.factory import make_engine
     from covidlesionseg.lobe_providers import check_lobe_spec
-    from covidlesionseg.models import make_engine
     from covidlesionseg.pipeline import run_segmentation, write_result
     from covidlesionseg.report import lobe_table
 

@@ -25,8 +25,8 @@ def run_demo(
     ``segmentation/`` (the pipeline's label maps + severity.json), ``metrics.json``, ``report.md``
     and ``preview.png``.  Returns a short text summary.
     """
+    from covidlesionseg.engines.factory import make_engine
     from covidlesionseg.metrics import case_metrics, dice
-    from covidlesionseg.models import make_engine
     from covidlesionseg.phantom import generate_phantom, save_phantom, truth_severity
     from covidlesionseg.pipeline import run_segmentation, write_result
     from covidlesionseg.preview import render_preview

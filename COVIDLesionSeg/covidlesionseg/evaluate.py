@@ -81,8 +81,8 @@ def evaluate_folders(
     Images without a label and cases whose files are refused (``InputError``) are listed under ``"errors"``
     and the run goes on; the means are over the cases scored (null when none was).
     """
+    from covidlesionseg.engines.factory import make_engine
     from covidlesionseg.metrics import case_metrics
-    from covidlesionseg.models import make_engine
     from covidlesionseg.pipeline import run_segmentation
 
     pairs, errors = match_cases(images, labels)

@@ -1,4 +1,4 @@
-"""Model registry, checksummed weights (fetch, cache, weights_only), engines made from the registry."""
+"""Model registry, checksummed weights (fetch, cache, weights_only), engines made from the registry (factory)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import pytest
 import torch
 from scipy import ndimage
 
-from covidlesionseg import models
+from covidlesionseg import models, weights
 from covidlesionseg.engines.base import LesionEngine
+from covidlesionseg.engines.factory import make_engine
 from covidlesionseg.engines.unet import LUNG_MARGIN_MM, UNetEngine, keep_near_lungs
 from covidlesionseg.io import InputError, Volume
 from covidlesionseg.networks import build_network
@@ -36,7 +37,7 @@ def tiny_entry(model_id: str = "tiny-unet", **extra: object) -> dict:
 
 def saved_tiny_weights(path: Path, seed: int = 0) -> str:
     torch.manual_seed(seed)
-    return models.save_weights(build_network("compact_res_unet", **TINY_NET).state_dict(), path)
+    return weights.save_weights(build_network("compact_res_unet", **TINY_NET).state_dict(), path)
 
 
 class WritesMarker:
@@ -135,7 +136,7 @@ def test_register_model_refuses_bad_entries(home: Path, tmp_path: Path) -> None:
 def test_sha256_file_matches_hashlib(tmp_path: Path) -> None:
     data = np.random.default_rng(0).bytes(3 * (1 << 20) + 17)  # spans several read chunks
     (tmp_path / "blob").write_bytes(data)
-    assert models.sha256_file(tmp_path / "blob") == hashlib.sha256(data).hexdigest()
+    assert weights.sha256_file(tmp_path / "blob") == hashlib.sha256(data).hexdigest()
 
 
 def test_fetch_from_file_url_then_cache_hit(tmp_path: Path) -> None:
@@ -145,12 +146,12 @@ def test_fetch_from_file_url_then_cache_hit(tmp_path: Path) -> None:
     entry = {"id": "m", "sha256": sha, "source": source.as_uri(), "file": "m.pt"}
     seen: list[float] = []
     cache = tmp_path / "cache"
-    path = models.fetch_weights(entry, cache_dir=cache, progress=lambda f, _m: seen.append(f))
+    path = weights.fetch_weights(entry, cache_dir=cache, progress=lambda f, _m: seen.append(f))
     assert path == cache / models.WEIGHTS_DIR / "m.pt"
     assert path.read_bytes() == source.read_bytes()
     assert seen and seen[-1] == 1.0 and all(b >= a for a, b in itertools.pairwise(seen))
     source.unlink()  # the second fetch must not need the source
-    assert models.fetch_weights(entry, cache_dir=cache) == path
+    assert weights.fetch_weights(entry, cache_dir=cache) == path
     assert sorted(p.name for p in path.parent.iterdir()) == ["m.pt"]
 
 
@@ -159,10 +160,10 @@ def test_fetch_replaces_a_corrupt_cached_copy(tmp_path: Path) -> None:
     sha = saved_tiny_weights(source)
     entry = {"id": "m", "sha256": sha, "source": str(source), "file": "m.pt"}  # a plain path works too
     cache = tmp_path / "cache"
-    path = models.fetch_weights(entry, cache_dir=cache)
+    path = weights.fetch_weights(entry, cache_dir=cache)
     path.write_bytes(path.read_bytes()[:-10])
-    assert models.fetch_weights(entry, cache_dir=cache) == path
-    assert models.sha256_file(path) == sha
+    assert weights.fetch_weights(entry, cache_dir=cache) == path
+    assert weights.sha256_file(path) == sha
 
 
 def test_fetch_refuses_a_corrupted_source_and_keeps_nothing(tmp_path: Path) -> None:
@@ -174,32 +175,32 @@ def test_fetch_refuses_a_corrupted_source_and_keeps_nothing(tmp_path: Path) -> N
     actual = hashlib.sha256(bytes(data)).hexdigest()
     cache = tmp_path / "cache"
     with pytest.raises(InputError, match="checksum mismatch") as info:
-        models.fetch_weights({"id": "m", "sha256": sha, "source": source.as_uri(), "file": "m.pt"}, cache_dir=cache)
+        weights.fetch_weights({"id": "m", "sha256": sha, "source": source.as_uri(), "file": "m.pt"}, cache_dir=cache)
     assert sha[:12] in str(info.value) and actual[:12] in str(info.value)
     assert list((cache / models.WEIGHTS_DIR).iterdir()) == []
 
 
 def test_fetch_refuses_missing_sources_and_entries_without_weights(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="cannot fetch"):
-        models.fetch_weights({"id": "m", "sha256": "a" * 64, "source": (tmp_path / "none.pt").as_uri()},
+        weights.fetch_weights({"id": "m", "sha256": "a" * 64, "source": (tmp_path / "none.pt").as_uri()},
                              cache_dir=tmp_path)
     with pytest.raises(InputError, match="no weights"):
-        models.fetch_weights({"id": "classical", "sha256": None, "source": "builtin"}, cache_dir=tmp_path)
+        weights.fetch_weights({"id": "classical", "sha256": None, "source": "builtin"}, cache_dir=tmp_path)
     with pytest.raises(InputError, match="not installed"):
-        models.fetch_weights({"id": "m", "sha256": "a" * 64, "source": "builtin", "file": "absent.pt"})
+        weights.fetch_weights({"id": "m", "sha256": "a" * 64, "source": "builtin", "file": "absent.pt"})
     assert not list((tmp_path / models.WEIGHTS_DIR).glob("*"))
 
 
 def test_load_state_dict_round_trip_and_checksum_first(tmp_path: Path) -> None:
     sha = saved_tiny_weights(tmp_path / "w.pt")
-    state = models.load_state_dict(tmp_path / "w.pt", sha)
+    state = weights.load_state_dict(tmp_path / "w.pt", sha)
     net = build_network("compact_res_unet", **TINY_NET)
     net.load_state_dict(state)
     torch.manual_seed(0)
     reference = build_network("compact_res_unet", **TINY_NET).state_dict()
     assert all(torch.equal(state[k], reference[k]) for k in reference)
     with pytest.raises(InputError, match="checksum mismatch"):
-        models.load_state_dict(tmp_path / "w.pt", "f" * 64)
+        weights.load_state_dict(tmp_path / "w.pt", "f" * 64)
 
 
 @pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
@@ -212,10 +213,10 @@ def test_weights_that_would_run_code_are_refused(tmp_path: Path, writer: str) ->
         with open(evil, "wb") as fh:  # a bare pickle (protocol 2, which torch.load's unpickler reads)
             pickle.dump({"layer.bias": [0.0, 1.0], "x": WritesMarker(marker)}, fh, protocol=2)
     with pytest.raises(InputError, match="checksum mismatch"):
-        models.load_state_dict(evil, "0" * 64)  # the checksum is checked before anything is read
-    sha = models.sha256_file(evil)
+        weights.load_state_dict(evil, "0" * 64)  # the checksum is checked before anything is read
+    sha = weights.sha256_file(evil)
     with pytest.raises(InputError, match="refused") as info:
-        models.load_state_dict(evil, sha)  # a matching checksum does not make code acceptable
+        weights.load_state_dict(evil, sha)  # a matching checksum does not make code acceptable
     assert "open" in str(info.value)  # refused because of the global it would call
     assert not marker.exists()
     # The payload is real: an unrestricted unpickler does run it.
@@ -226,17 +227,17 @@ def test_weights_that_would_run_code_are_refused(tmp_path: Path, writer: str) ->
 
 # --- engines from the registry ----------------------------------------------------------------------------
 def test_make_engine_knows_classical_default_and_refuses_unknown_ids(home: Path, tmp_path: Path) -> None:
-    classical = models.make_engine("classical")
+    classical = make_engine("classical")
     assert isinstance(classical, LesionEngine) and classical.name == "classical"
     assert classical.weights_sha256 is None
-    assert models.make_engine(None).name == "classical"
+    assert make_engine(None).name == "classical"
     saved_tiny_weights(tmp_path / "w.pt")
     models.register_model(tiny_entry(), tmp_path / "w.pt")
     with pytest.raises(InputError) as info:
-        models.make_engine("nope")
+        make_engine("nope")
     assert "classical" in str(info.value) and "tiny-unet" in str(info.value)
     models.set_default("tiny-unet")
-    engine = models.make_engine(None, device="cpu")
+    engine = make_engine(None, device="cpu")
     assert isinstance(engine, UNetEngine) and engine.name == "tiny-unet"
 
 
@@ -254,7 +255,7 @@ def small_chest() -> tuple[Volume, np.ndarray]:
 def test_unet_engine_end_to_end_on_a_tiny_ct(home: Path, tmp_path: Path) -> None:
     sha = saved_tiny_weights(tmp_path / "w.pt", seed=3)
     models.register_model(tiny_entry(), tmp_path / "w.pt")
-    engine = models.make_engine("tiny-unet", device="cpu")
+    engine = make_engine("tiny-unet", device="cpu")
     assert engine.weights_sha256 == sha and engine.device == "cpu"
     assert engine.describe()["sha256"] == sha and engine.describe()["id"] == "tiny-unet"
     ct, lungs = small_chest()
@@ -272,7 +273,7 @@ def test_unet_engine_refuses_corrupt_or_mismatched_weights(home: Path, tmp_path:
     cached = home / models.WEIGHTS_DIR / stored["file"]
     cached.write_bytes(cached.read_bytes() + b"\0")
     with pytest.raises(InputError, match="checksum mismatch"):
-        models.make_engine("tiny-unet", device="cpu")
+        make_engine("tiny-unet", device="cpu")
     # weights of another network shape registered under an architecture they do not fit
     other = dict(tiny_entry("other-shape"), network={"channels": [4, 8, 16, 32], "num_res_units": 1})
     models.register_model(other, tmp_path / "w.pt")

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from covidlesionseg import models
+from covidlesionseg import weights as models  # the weights half (fetch_weights, load_state_dict), not the registry
 from covidlesionseg.engines.base import LesionEngine
 from covidlesionseg.inference import body_bounding_box, predict_classes, predict_lesions, resolve_device
 from covidlesionseg.io import InputError, Volume
