@@ -140,6 +140,13 @@ def test_registry_and_engines_stay_apart(graph: dict[str, set[str]]) -> None:
     assert registry not in reachable(graph, "covidlesionseg.weights")
 
 
+def test_imports_are_absolute() -> None:
+    relative = [f"{path.relative_to(MODULE_DIR)}:{node.lineno}" for path in _modules().values()
+                for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+                if isinstance(node, ast.ImportFrom) and node.level]
+    assert relative == []
+
+
 def test_the_core_never_imports_the_slicer_side(graph: dict[str, set[str]]) -> None:
     for module, targets in graph.items():
         if module.startswith("covidlesionseg"):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from covidlesionseg import labels
-from covidlesionseg.phantom import _anatomy
-from covidlesionseg.phantom_trees import territory_points
+from covidlesionseg.phantom.generate import _anatomy
+from covidlesionseg.phantom.trees import territory_points
 
 
 def lattice(seed: int, step: float = 6.0):

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from covidlesionseg import labels
 from covidlesionseg.io import InputError, Volume, read_ct, read_label
 from covidlesionseg.phantom import Phantom, clear_caches, default_grid, generate_phantom, landmarks, save_phantom
-from covidlesionseg.phantom_lesions import PATTERN_CONSOLIDATION, PATTERN_GROUND_GLASS
+from covidlesionseg.phantom.lesions import PATTERN_CONSOLIDATION, PATTERN_GROUND_GLASS
 from covidlesionseg.preview import GAP_PX, display_spacing, render_preview
 
 SMALL = (64, 96, 96)

@@ -14,10 +14,10 @@ from __future__ import annotations
 import numpy as np
 import scipy.ndimage as ndi
 
-from . import labels
-from .masks import bounding_box
-from .phantom_anatomy import ChestAnatomy
-from .phantom_grid import SamplingGrid
+from covidlesionseg import labels
+from covidlesionseg.masks import bounding_box
+from covidlesionseg.phantom.anatomy import ChestAnatomy
+from covidlesionseg.phantom.grid import SamplingGrid
 
 PATTERN_GROUND_GLASS, PATTERN_CONSOLIDATION, PATTERN_CRAZY_PAVING = 1, 2, 3
 PATTERN_NAMES = {PATTERN_GROUND_GLASS: "ground_glass", PATTERN_CONSOLIDATION: "consolidation",

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import labels
-from .phantom_anatomy import ChestAnatomy, polyline_segments
-from .phantom_grid import SamplingGrid, tube_occupancy
-from .phantom_paint import paint_tubes
-from .phantom_tubes import airway_wall
+from covidlesionseg import labels
+from covidlesionseg.phantom.anatomy import ChestAnatomy, polyline_segments
+from covidlesionseg.phantom.grid import SamplingGrid, tube_occupancy
+from covidlesionseg.phantom.paint import paint_tubes
+from covidlesionseg.phantom.tubes import airway_wall
 
 TERRITORY_STEP_MM = 6.0
 LOBAR_RADIUS_MM = 5.5  # artery radius of a 1.5 L lobe

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import labels
+from covidlesionseg import labels
 
 
 def catmull_rom(points: np.ndarray, per_segment: int = 8) -> np.ndarray:
@@ -415,7 +415,7 @@ class ChestAnatomy:
         Lung = inside the pleura, above the diaphragm, below the apex, outside the mediastinum (column,
         heart with its fat, spine) and outside every mediastinal tube (great vessels, trachea and main
         bronchi with their walls) plus a margin; ``excluded`` flags the points inside those tubes (drawn
-        by :func:`phantom_grid.tube_occupancy` from the exclusion segments).
+        by :func:`grid.tube_occupancy` from the exclusion segments).
         """
         h = self.cavity_height(x, y, z)[0] if cavity_h is None else cavity_h
         cand = np.nonzero((h < -1.0) & (z < self.z_apex + 1.0) & (z > self.lung_zmin() - 1.0))[0]

@@ -13,9 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .phantom_anatomy import ChestAnatomy
-from .phantom_grid import SamplingGrid, slab_occupancy, tube_occupancy
-from .phantom_tubes import sternum_levels
+from covidlesionseg.phantom.anatomy import ChestAnatomy
+from covidlesionseg.phantom.grid import SamplingGrid, slab_occupancy, tube_occupancy
+from covidlesionseg.phantom.tubes import sternum_levels
 
 
 def mix(hu: np.ndarray, occupancy: np.ndarray, value: float, box) -> None:

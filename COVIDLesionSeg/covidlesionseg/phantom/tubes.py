@@ -1,6 +1,6 @@
 """Tubular structures of the generated chest: great vessels, central airways, oesophagus, ribs, clavicles.
 
-Each structure is a polyline with node radii in the patient frame of :mod:`phantom_anatomy` (carina at
+Each structure is a polyline with node radii in the patient frame of :mod:`anatomy` (carina at
 the origin, LPS axes).  Their courses follow standard chest anatomy: ascending aorta right of the
 pulmonary trunk, arch over the left main bronchus, descending aorta left-anterior of the spine;
 superior vena cava right of the aorta; right main bronchus short and steep, left main bronchus long
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .phantom_anatomy import ChestAnatomy, catmull_rom, polyline_segments
+from covidlesionseg.phantom.anatomy import ChestAnatomy, catmull_rom, polyline_segments
 
 
 def _tube(points: list, radii: list, per: int = 6) -> np.ndarray:

@@ -1,11 +1,10 @@
-"""Generated chest CT with exact truth: lesions, lungs and lobes, for tests, the demo, benchmarks and training.
+"""The generated chest CT as one case: geometry, anatomy, lesions and image formation (``generate_phantom``).
 
-``generate_phantom(seed, severity)`` draws an adult chest (phantom_anatomy, phantom_tubes), its airway and
-vessel trees (phantom_trees) and COVID-19 lesions whose burden meets the requested CT category
-(phantom_lesions), voxelises everything at the voxel centres of a clinical-looking grid (phantom_grid,
-phantom_paint) and forms the image: partial volume, a Gaussian scanner PSF, correlated Gaussian noise,
-clipping to [-1024, 3071] HU, rounding to integer HU (as scanners store them; the array stays float32,
-ct.nii.gz stores int16)
+``generate_phantom(seed, severity)`` draws an adult chest (``anatomy``, ``tubes``), its airway and vessel
+trees (``trees``) and COVID-19 lesions whose burden meets the requested CT category (``lesions``),
+voxelises everything at the voxel centres of a clinical-looking grid (``grid``, ``paint``) and forms the
+image: partial volume, a Gaussian scanner PSF, correlated Gaussian noise, clipping to [-1024, 3071] HU,
+rounding to integer HU (as scanners store them; the array stays float32, ct.nii.gz stores int16)
 and, for some seeds, -2048 padding outside the circular reconstruction FOV.
 
 Truth is exact by construction: a voxel is lung, lobe or lesion when its centre lies in that region;
@@ -23,16 +22,16 @@ from pathlib import Path
 import numpy as np
 import scipy.ndimage as ndi
 
-from . import labels
-from .io import InputError, Volume, write_ct, write_label
-from .masks import bounding_box
-from .phantom_anatomy import ChestAnatomy
-from .phantom_grid import SamplingGrid
-from .phantom_lesions import PATTERN_NAMES, LesionModel, add_lesions
-from .phantom_paint import paint_anatomy
-from .phantom_trees import build_trees, paint_trees
-from .phantom_tubes import central_tubes
-from .severity import SeverityConfig, ct_category
+from covidlesionseg import labels
+from covidlesionseg.io import InputError, Volume, write_ct, write_label
+from covidlesionseg.masks import bounding_box
+from covidlesionseg.phantom.anatomy import ChestAnatomy
+from covidlesionseg.phantom.grid import SamplingGrid
+from covidlesionseg.phantom.lesions import PATTERN_NAMES, LesionModel, add_lesions
+from covidlesionseg.phantom.paint import paint_anatomy
+from covidlesionseg.phantom.trees import build_trees, paint_trees
+from covidlesionseg.phantom.tubes import central_tubes
+from covidlesionseg.severity import SeverityConfig, ct_category
 
 GENERATOR_VERSION = 1
 MAX_DEFAULT_SLICES = 400
@@ -54,7 +53,7 @@ class Phantom:
     lungs: np.ndarray
     lobes: np.ndarray
     params: dict
-    patterns: np.ndarray | None = field(default=None, repr=False)  # phantom_lesions.PATTERN_* per lesion voxel
+    patterns: np.ndarray | None = field(default=None, repr=False)  # lesions.PATTERN_* per lesion voxel
 
 
 def _streams(seed: int, severity: str = "CT0") -> dict[str, np.random.Generator]:
@@ -309,7 +308,7 @@ def clear_caches() -> None:
 
 def truth_severity(phantom: Phantom, config: SeverityConfig | None = None) -> dict:
     """severity.json of a phantom's exact truth (engine "truth", lobe_source "truth")."""
-    from .pipeline import finish_labels, severity_document
+    from covidlesionseg.pipeline import finish_labels, severity_document
 
     _, _, _, core = finish_labels(phantom.ct, phantom.lesions > 0, phantom.lungs, phantom.lobes,
                                   lobe_source="truth", config=config or SeverityConfig())
