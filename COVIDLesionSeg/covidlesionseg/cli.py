@@ -55,7 +55,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         bar.close()
     write_result(result, args.output)
     if args.report:
-        from covidlesionseg.report import write_report
+        from covidlesionseg.report_page import write_report
 
         with io.staged_output(args.output) as stage:
             write_report(ct, result.lesions, result.lungs, result.lobes, result.severity, stage,

@@ -22,16 +22,18 @@ def run_demo(
     """Generate a CT with exact truth, segment it (built-in lobes), score it, compare with truth; write everything.
 
     Layout of ``outdir``: ``truth/`` (ct.nii.gz and exact label maps + severity.json),
-    ``segmentation/`` (the pipeline's label maps + severity.json), ``metrics.json``, ``report.md``
-    and ``preview.png``.  Returns a short text summary.
+    ``segmentation/`` (the pipeline's label maps + severity.json), ``metrics.json``, ``report.md`` (scores
+    beside the truth, agreement), and the report a radiologist reads (``report.png`` and ``report.html``, as
+    ``segment --report`` writes them; report.html alone, with the tables, when matplotlib is not installed).
+    Returns a short text summary.
     """
     from covidlesionseg.engines.factory import make_engine
     from covidlesionseg.metrics import case_metrics, dice
     from covidlesionseg.phantom import generate_phantom, save_phantom, truth_severity
     from covidlesionseg.pipeline import run_segmentation, write_result
-    from covidlesionseg.preview import render_preview
     from covidlesionseg.progress import ConsoleProgress
     from covidlesionseg.report import lobe_table, markdown_report
+    from covidlesionseg.report_page import write_report
 
     phantom = generate_phantom(seed, severity, shape=shape or DEMO_SHAPE)
     truth = truth_severity(phantom)
@@ -55,12 +57,13 @@ def run_demo(
         io.write_json(stage / "truth" / labels.SEVERITY_FILE, truth)
         write_result(result, stage / "segmentation")
         io.write_json(stage / "metrics.json", {"lesions": metrics, **lung_metrics, "lobes": lobe_metrics})
-        render_preview(phantom.ct, {"lesions": result.lesions, "truth": phantom.lesions}, path=stage / "preview.png")
+        title = f"COVIDLesionSeg demo: generated chest CT, seed {seed}, {severity}"
+        png, _page = write_report(phantom.ct, result.lesions, result.lungs, result.lobes, result.severity, stage,
+                                  title, picture=None)
         text = markdown_report(
-            f"COVIDLesionSeg demo: generated chest CT, seed {seed}, {severity}",
-            result.severity, truth=truth,
+            title, result.severity, truth=truth,
             metrics={**{f"lesion {k}": v for k, v in metrics.items()}, **lung_metrics, **lobe_metrics},
-            picture="preview.png",
+            picture=png.name if png else None,
         )
         (stage / "report.md").write_text(text)
     summary = [
@@ -70,6 +73,8 @@ def run_demo(
         + ", ".join(f"{k} {v:.3f}" for k, v in lung_metrics.items()),
         "built-in lobes vs truth: " + ", ".join(f"{k} {v:.3f}" for k, v in lobe_metrics.items()),
         f"truth: PO {truth['PO']:.2f}% LSS {truth['LSS']} CTSS {truth['CTSS']} {truth['CT_category']}",
-        f"wrote {out}/ (report.md, preview.png, metrics.json, truth/, segmentation/)",
+        f"wrote {out}/ (report.html, {'report.png, ' if png else ''}report.md, metrics.json, truth/, segmentation/)",
     ]
+    if png is None:
+        summary.append("report.png not drawn: matplotlib is not installed (pip install 'covidlesionseg[report]')")
     return "\n".join(summary)

@@ -1,21 +1,15 @@
-"""Human-readable views of severity.json: the per-lobe table, the demo's Markdown report, and the report a
-radiologist reads (``write_report``: report.png and a self-contained report.html, after Topff et al.'s
-structured report and the PDF report of 3D Slicer's Lung CT Analyzer).  Score names, units, ranges and
-references come from ``severity.SCORES``.
+"""Human-readable views of severity.json as text: the per-lobe table, the demo's Markdown report, and what the
+report a radiologist reads says (its rows, provenance lines and HTML; ``report_page.write_report`` draws the
+page and writes report.png and report.html).  Score names, units, ranges and references come from
+``severity.SCORES``.
 """
 
 from __future__ import annotations
 
-import base64
 import html
-import os
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from covidlesionseg import labels
-from covidlesionseg.io import Volume
 from covidlesionseg.severity import SCORES
 
 RESEARCH_NOTE = "Research use only: not a diagnosis and not a triage decision."
@@ -118,26 +112,6 @@ def info_lines(severity: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_report(ct: Volume, lesions: np.ndarray, lungs: np.ndarray | None, lobes: np.ndarray | None,
-                 severity: dict[str, Any], folder: str | os.PathLike, title: str) -> tuple[Path, Path]:
-    """Write ``report.png`` (the page as a picture) and ``report.html`` (the picture embedded, the tables as
-    text: one file to hand on) into ``folder``; returns both paths.  Needs matplotlib."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        from covidlesionseg.io import InputError
-
-        raise InputError("the report needs matplotlib: pip install 'covidlesionseg[report]'") from None
-    from covidlesionseg.preview import render_report_figure
-
-    out = Path(folder)
-    png, page = out / "report.png", out / "report.html"
-    render_report_figure(ct, lesions, lungs, lobes, severity, png, title)
-    picture = base64.b64encode(png.read_bytes()).decode("ascii")
-    page.write_text(report_html(severity, title, picture), encoding="utf-8")
-    return png, page
-
-
 def _long_name(region: str) -> str:
     value = labels.LOBE_LABELS.get(region)
     return f"{region} ({labels.LOBE_LONG_NAMES[value]})" if value else region
@@ -190,7 +164,7 @@ def markdown_report(
                f"software {severity['software']['name']} {severity['software']['version']}.")
     out.append("")
     if picture:
-        out += [f"![axial, coronal and sagittal slices with lesions]({picture})", ""]
+        out += [f"![key slices, involvement per lobe, scores]({picture})", ""]
     out += ["```", lobe_table(severity), "```", ""]
     if truth is not None:
         keys = ("PO", "PHO", "LSS", "LHOS", "CTSS", "CTSS_category", "CT_category")

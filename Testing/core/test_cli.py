@@ -183,8 +183,11 @@ def test_python_dash_m_entry_point(tmp_path):
 def test_demo_writes_report_and_pictures(tmp_path):
     out = tmp_path / "demo"
     assert main(["demo", "-o", str(out), "--shape", "48", "80", "80", "-q"]) == 0
-    for rel in ("report.md", "preview.png", "metrics.json", "truth/ct.nii.gz", "segmentation/severity.json"):
+    for rel in ("report.md", "report.png", "report.html", "metrics.json", "truth/ct.nii.gz",
+                "segmentation/severity.json"):
         assert (out / rel).is_file(), rel
+    assert not (out / "preview.png").exists()
+    assert "![key slices, involvement per lobe, scores](report.png)" in (out / "report.md").read_text()
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["lesions"]["dice"] > 0.5
     report = (out / "report.md").read_text()

@@ -1,4 +1,4 @@
-"""Generated chest CT: determinism, truth consistency, orientation, HU, severity categories, preview."""
+"""Generated chest CT: determinism, truth consistency, orientation, HU, severity categories."""
 
 from __future__ import annotations
 
@@ -6,13 +6,11 @@ import json
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 
 from covidlesionseg import labels
 from covidlesionseg.io import InputError, Volume, read_ct, read_label
 from covidlesionseg.phantom import Phantom, clear_caches, default_grid, generate_phantom, landmarks, save_phantom
 from covidlesionseg.phantom.lesions import PATTERN_CONSOLIDATION, PATTERN_GROUND_GLASS
-from covidlesionseg.preview import GAP_PX, display_spacing, render_preview
 
 SMALL = (64, 96, 96)
 BIN_EDGES = (0.0, 25.0, 50.0, 75.0, 100.0)
@@ -253,43 +251,3 @@ def test_bad_arguments_raise_input_error(kwargs: dict) -> None:
 def test_negative_seed_is_refused() -> None:
     with pytest.raises(InputError):
         generate_phantom(-1)
-
-
-def test_preview_writes_a_png_of_the_expected_size(ct2: Phantom, tmp_path) -> None:
-    path = tmp_path / "preview.png"
-    render_preview(ct2.ct, {"lobes": ct2.lobes, "lesions": ct2.lesions}, path)
-    img = sitk.ReadImage(str(path))
-    assert img.GetNumberOfComponentsPerPixel() == 3
-    arr = sitk.GetArrayFromImage(img)
-    step = display_spacing(ct2.ct)
-    n = np.array(ct2.ct.shape[::-1]) - 1
-    corners = np.array([[a, b, c] for a in (0, n[0]) for b in (0, n[1]) for c in (0, n[2])])
-    pts = np.asarray(ct2.ct.origin) + (corners * np.asarray(ct2.ct.spacing)) @ ct2.ct.direction.T
-    ext = np.ceil((pts.max(0) - pts.min(0)) / step).astype(int) + 1
-    assert arr.shape == (max(ext[1], ext[2]), 2 * ext[0] + ext[1] + 2 * GAP_PX, 3)
-    red = (arr[..., 0] > 150) & (arr[..., 1] < 120)
-    assert red.sum() > 20  # lesion overlay drawn
-    plain = tmp_path / "plain.png"
-    render_preview(ct2.ct, None, plain)
-    grey = sitk.GetArrayFromImage(sitk.ReadImage(str(plain)))
-    assert grey.shape == arr.shape
-    assert np.array_equal(grey[..., 0], grey[..., 1])  # no overlay: grey levels only
-
-
-def test_preview_orientation_puts_patient_right_on_image_left(tmp_path) -> None:
-    images = []
-    for name in ("lps", "nifti_ras_like"):
-        ph = generate_phantom(6, "CT0", shape=(40, 72, 72), direction=DIRECTIONS[name], noise_hu=0.0)
-        path = tmp_path / f"{name}.png"
-        render_preview(ph.ct, {"lungs": (ph.lungs == labels.RIGHT_LUNG).astype(np.uint8)}, path)
-        arr = sitk.GetArrayFromImage(sitk.ReadImage(str(path))).astype(int)
-        tinted = np.abs(arr[..., 0] - arr[..., 1]) + np.abs(arr[..., 1] - arr[..., 2]) > 10  # overlay colour
-        n = np.array(ph.ct.shape[::-1]) - 1
-        corners = np.array([[a, b, c] for a in (0, n[0]) for b in (0, n[1]) for c in (0, n[2])])
-        pts = np.asarray(ph.ct.origin) + (corners * np.asarray(ph.ct.spacing)) @ ph.ct.direction.T
-        axial_width = int(np.ceil((pts[:, 0].max() - pts[:, 0].min()) / display_spacing(ph.ct))) + 1
-        cols = np.nonzero(tinted[:, :axial_width])[1]
-        assert cols.size > 0
-        assert np.median(cols) < axial_width / 2  # the right lung is on the image's left
-        images.append(arr)
-    assert images[0].shape == images[1].shape

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,8 +14,8 @@ import SimpleITK as sitk
 from covidlesionseg import labels
 from covidlesionseg.cli import main
 from covidlesionseg.io import Volume
-from covidlesionseg.preview import key_slices
 from covidlesionseg.report import report_html, score_rows
+from covidlesionseg.report_page import key_slices
 from covidlesionseg.severity import SCORES
 
 pytest.importorskip("matplotlib", reason="the report needs the optional matplotlib (pip install '.[report]')")
@@ -82,3 +84,33 @@ def test_key_slices_put_the_patients_right_on_the_image_left(direction):
         right = np.argwhere(sl.labels["lungs"] == labels.RIGHT_LUNG)[:, 1].mean()
         left = np.argwhere(sl.labels["lungs"] == labels.LEFT_LUNG)[:, 1].mean()
         assert right < left
+
+
+_WITHOUT_MATPLOTLIB = """
+import sys
+sys.modules["matplotlib"] = None  # as if it were not installed
+import numpy as np
+from covidlesionseg.io import InputError, Volume
+from covidlesionseg.report_page import write_report
+ct = Volume(np.full((2, 8, 8), -800.0, np.float32), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3))
+empty = np.zeros((2, 8, 8), np.uint8)
+severity = {"PO": 0.0, "lobes": {}, "lungs": {}, "software": {}, "model": {}}
+png, page = write_report(ct, empty, empty, None, severity, sys.argv[1], "t", picture=None)
+print(png, page.name)
+try:
+    write_report(ct, empty, empty, None, severity, sys.argv[1], "t")
+except InputError as exc:
+    print("refused:", exc)
+"""
+
+
+def test_report_without_matplotlib_is_the_html_tables_alone(tmp_path):
+    """``picture=None`` (the demo) writes report.html without a picture; ``--report`` asks for it and is refused."""
+    run = subprocess.run([sys.executable, "-c", _WITHOUT_MATPLOTLIB, str(tmp_path)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0] == "None report.html"
+    assert lines[1] == "refused: the report needs matplotlib: pip install 'covidlesionseg[report]'"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "<img" not in page and "<h2>Scores</h2>" in page
