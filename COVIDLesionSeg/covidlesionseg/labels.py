@@ -9,6 +9,9 @@ BACKGROUND = 0
 LESION_LOW = 1  # lesion voxel with HU < high-opacity threshold ("opacity < -200 HU")
 LESION_HIGH = 2  # lesion voxel with HU >= threshold ("high opacity >= -200 HU", Chaganti et al.)
 HIGH_OPACITY_HU = -200.0
+AIR_HU = -400.0
+"""Air and aerated lung lie below this, the body (soft tissue, fluid, bone) above: the lung mask's air threshold
+and the body whose centre is the midline (lungs and lobes)."""
 
 # lungs.nii.gz
 RIGHT_LUNG = 1

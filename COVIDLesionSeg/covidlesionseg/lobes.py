@@ -26,7 +26,7 @@ from scipy import ndimage
 
 from covidlesionseg import labels
 from covidlesionseg.io import InputError, Volume
-from covidlesionseg.masks import bounding_box
+from covidlesionseg.masks import bounding_box, nearest_label, slabs
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +45,7 @@ _MAX_VALUE = {"totalsegmentator_v2": 117, "totalsegmentator_v1": 104, "lungmask"
 _MODULO = {"cip": 256}  # the lobe is value % 256 (CIP chest region); value // 256 is the CIP chest type
 _ONLY_LOBE_VALUES = ("lungmask", "covidlesionseg", "cip")  # every nonzero value (% modulo) must be a lobe
 LATERALITY_MARGIN_MM = 20.0
-BODY_MIN_HU = -500.0
-_SLAB_VOXELS = 1 << 22
 _LATERALITY_VOXELS = 1 << 21
-
-
-def _slabs(n: int, row_voxels: int) -> list[slice]:
-    step = max(1, _SLAB_VOXELS // max(1, row_voxels))
-    return [slice(s, min(s + step, n)) for s in range(0, n, step)]
 
 
 def _value_counts(label_array: np.ndarray) -> dict[int, int]:
@@ -68,7 +61,7 @@ def _value_counts(label_array: np.ndarray) -> dict[int, int]:
     if hi > 0xFFFF:
         raise InputError(f"lobe map value {hi} fits no known lobe convention")
     counts = np.zeros(hi + 1, np.int64)
-    for sl in _slabs(arr.shape[0], int(np.prod(arr.shape[1:]))):
+    for sl in slabs(arr.shape):
         counts += np.bincount(arr[sl].ravel().astype(np.intp), minlength=hi + 1)
     return {int(v): int(c) for v, c in enumerate(counts) if c and v}
 
@@ -99,7 +92,7 @@ def _fits(convention: str, values: dict[int, int]) -> bool:
 def _apply_lut(label_array: np.ndarray, lut: np.ndarray) -> np.ndarray:
     arr = np.asarray(label_array)
     out = np.empty(arr.shape, np.uint8)
-    for sl in _slabs(arr.shape[0], int(np.prod(arr.shape[1:]))):
+    for sl in slabs(arr.shape):
         out[sl] = lut[arr[sl]]
     return out
 
@@ -108,7 +101,7 @@ def _centroids_x(lobe_map: np.ndarray, ct: Volume) -> dict[int, float]:
     """LPS x (toward the patient's left) of each present lobe's centroid."""
     counts = np.zeros(len(labels.LOBE_NAMES) + 1)
     sums = np.zeros((3, counts.size))
-    for sl in _slabs(lobe_map.shape[0], int(np.prod(lobe_map.shape[1:]))):
+    for sl in slabs(lobe_map.shape):
         nz = np.nonzero(lobe_map[sl])
         lab = lobe_map[sl][nz]
         counts += np.bincount(lab, minlength=counts.size)
@@ -123,11 +116,11 @@ def _centroids_x(lobe_map: np.ndarray, ct: Volume) -> dict[int, float]:
 
 
 def _body_midline_x(ct: Volume) -> float | None:
-    """LPS x of the centroid of the body (voxels >= -500 HU), None when there is none."""
+    """LPS x of the centroid of the body (voxels above ``labels.AIR_HU``), None when there is none."""
     hu = ct.array
     total, sums = 0, np.zeros(3)
-    for sl in _slabs(hu.shape[0], int(np.prod(hu.shape[1:]))):
-        nz = np.nonzero(hu[sl] >= BODY_MIN_HU)
+    for sl in slabs(hu.shape):
+        nz = np.nonzero(hu[sl] > labels.AIR_HU)
         total += nz[0].size
         sums += [nz[0].sum() + sl.start * nz[0].size, nz[1].sum(), nz[2].sum()]
     return float(ct.lps_points(sums / total)[0, 0]) if total else None
@@ -259,9 +252,7 @@ def complete_lobes_with_report(lobes: np.ndarray, lungs: np.ndarray, ct: Volume)
         own = np.where(lung & (lobe_side == side), lobes[box], 0).astype(np.uint8)
         missing = lung & (own == 0)
         if missing.any() and own.any():
-            nearest = ndimage.distance_transform_edt(own == 0, sampling=ct.spacing_zyx,
-                                                     return_distances=False, return_indices=True)
-            own[missing] = own[tuple(index[missing] for index in nearest)]
+            own[missing] = nearest_label(own, missing, ct.spacing_zyx)[0]
         key = "unassigned_ml" if own.any() else "side_without_lobes_ml"
         repairs[key] += ml * int(np.count_nonzero(missing))
         out[box][lung] = own[lung]

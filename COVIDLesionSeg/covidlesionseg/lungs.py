@@ -41,10 +41,10 @@ from scipy import ndimage as ndi
 
 from covidlesionseg import labels
 from covidlesionseg.io import InputError, Volume
-from covidlesionseg.masks import bounding_box, distance_to, downsample, upsample
+from covidlesionseg.masks import bounding_box, closing, distance_to, downsample, nearest_label, upsample
 from covidlesionseg.progress import RunControl
 
-AIR_HU = -400.0  # aerated lung and air lie below this
+AIR_HU = labels.AIR_HU  # aerated lung and air lie below this, the body above
 PADDING_HU = -1500.0  # scanner padding outside the reconstruction circle (-2048, -3024, ...)
 LUNG_MEDIAN_ABOVE_AIR_HU = 50.0  # aerated lung's median HU lies this far above pure air; bowel gas does not
 PURE_GAS_MARGIN_HU, MAX_GAS_FRACTION = 30.0, 0.15  # lung holds few voxels this close to pure air (gas does)
@@ -134,17 +134,6 @@ def _fill_holes(mask: np.ndarray, per_slice: bool) -> np.ndarray:
     background, _ = ndi.label(~mask, _PLANE if per_slice else None)
     outer = _border_labels(background, (1, 2) if per_slice else (0, 1, 2))
     return mask | ((background > 0) & ~_select(background, outer))
-
-
-def _closing(mask: np.ndarray, radius_mm: float, spacing: np.ndarray) -> np.ndarray:
-    """Morphological closing with a ball of ``radius_mm``; the volume's first and last slices repeat
-    outward, so a lung cut by the field of view is not eroded there (and one slice closes in 2D)."""
-    pad = np.ceil(radius_mm / spacing).astype(int) + 1
-    padded = np.pad(mask, ((pad[0], pad[0]), (0, 0), (0, 0)), mode="edge")
-    padded = np.pad(padded, ((0, 0), (pad[1], pad[1]), (pad[2], pad[2])))
-    dilated = distance_to(padded, spacing) <= radius_mm
-    closed = distance_to(~dilated, spacing) > radius_mm
-    return closed[pad[0]:-pad[0], pad[1]:-pad[1], pad[2]:-pad[2]] | mask
 
 
 # --- stages ------------------------------------------------------------------------------------------
@@ -412,7 +401,8 @@ def _refine(mask: np.ndarray, allowed: np.ndarray, spacing: np.ndarray, depth: _
     mask = _fill_in_slices(mask, spacing)
     block = _grid(spacing, mask.shape, CLOSING_GRID_MM)
     coarse = downsample(mask, block)
-    dents = _closing(coarse, CLOSING_RADIUS_MM, spacing * block) & ~coarse
+    # the volume's first and last slices repeat outward (a lung cut by the field of view is not eroded there)
+    dents = closing(coarse, spacing * block, CLOSING_RADIUS_MM, repeat_axes=(0,), empty_axes=(1, 2)) & ~coarse
     dents = _outward(dents, coarse, depth.sample(origin, block, coarse.shape))
     mask |= upsample(dents, block, mask.shape) & allowed
     mask |= _fill_in_slices(mask, spacing) & allowed
@@ -552,17 +542,7 @@ def include_lesions(lungs: np.ndarray, lesions: np.ndarray, ct: Volume) -> tuple
 
 
 def _nearest_side(region: np.ndarray, chosen: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, float]:
-    """The label of the nearest labelled voxel (mm) for each ``chosen`` voxel, and the largest such distance.
-    Large regions are measured on ~``NEAREST_GRID_MM`` blocks (each labelled block counts, at its centre)."""
-    sides = [int(v) for v in np.flatnonzero(np.bincount(region.ravel())) if v]
-    if not sides:
-        return np.zeros(np.count_nonzero(chosen), np.uint8), np.inf
-    block = _grid(spacing, region.shape, NEAREST_GRID_MM) if region.size > NEAREST_EXACT_VOXELS else np.ones(3, int)
-    where = tuple(index // b for index, b in zip(np.nonzero(chosen), block))
-    distances = []
-    for v in sides:
-        own = downsample(region == v, block, any_voxel=True)  # any labelled voxel makes its block labelled
-        distances.append(distance_to(own, spacing * block)[where])
-    distances = np.stack(distances)
-    return np.asarray(sides, np.uint8)[np.argmin(distances, axis=0)], float(distances.min(axis=0).max())
-
+    """The side of the nearest lung voxel (mm) for each ``chosen`` voxel, and the largest such distance.
+    Large regions are measured on ~``NEAREST_GRID_MM`` blocks (``masks.nearest_label``)."""
+    block = _grid(spacing, region.shape, NEAREST_GRID_MM) if region.size > NEAREST_EXACT_VOXELS else None
+    return nearest_label(region, chosen, spacing, block)

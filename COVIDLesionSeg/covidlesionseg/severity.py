@@ -19,7 +19,6 @@ edits lesions) share `severity_from_counts`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,12 +26,12 @@ import numpy as np
 
 from covidlesionseg import labels
 from covidlesionseg.io import InputError, Volume
+from covidlesionseg.masks import slabs
 
 # Region code of a voxel = lung label * _N_LOBE + lobe label (lung 0 = outside the lungs, lobe 0 = no lobe).
 _N_LUNG = 3
 _N_LOBE = 6
 _N_CODES = _N_LUNG * _N_LOBE
-_SLAB_VOXELS = 1 << 22  # voxels per slab in the full passes (bounds the temporaries at 512x512x300)
 _LUNG_SIDES = (labels.RIGHT_LUNG, labels.LEFT_LUNG)
 Box = tuple[slice, slice, slice]
 
@@ -210,12 +209,6 @@ def split_opacity(lesion_mask: np.ndarray, ct_hu: np.ndarray | Volume,
     return out
 
 
-def _slabs(shape: tuple[int, ...]) -> Iterator[slice]:
-    step = max(1, _SLAB_VOXELS // max(1, int(np.prod(shape[1:]))))
-    for start in range(0, shape[0], step):
-        yield slice(start, min(start + step, shape[0]))
-
-
 def _check_shape(name: str, array: np.ndarray, ct: Volume) -> np.ndarray:
     array = np.asarray(array)
     if array.shape != ct.shape:
@@ -226,7 +219,7 @@ def _check_shape(name: str, array: np.ndarray, ct: Volume) -> np.ndarray:
 def region_codes(lungs: np.ndarray, lobes: np.ndarray | None) -> np.ndarray:
     """uint8 code per voxel = lung label * 6 + lobe label (both 0 where absent)."""
     codes = np.empty(lungs.shape, np.uint8)
-    for sl in _slabs(lungs.shape):
+    for sl in slabs(lungs.shape):
         lung = lungs[sl]
         if lung.size and (lung.min() < 0 or lung.max() >= _N_LUNG):
             raise InputError(f"lung map values must be 0, {labels.RIGHT_LUNG} (right) or {labels.LEFT_LUNG} (left)")
@@ -378,7 +371,7 @@ def check_coverage(ct: Volume, lungs: np.ndarray, lobes: np.ndarray | None) -> t
     lungs = _check_shape("lung", lungs, ct)
     counts = RegionCounts.empty(ct.voxel_ml, _fov_reason(ct, lungs), lobes is not None)
     codes = region_codes(lungs, None if lobes is None else _check_shape("lobe", lobes, ct))
-    for sl in _slabs(codes.shape):
+    for sl in slabs(codes.shape):
         counts.voxels += np.bincount(codes[sl].ravel(), minlength=_N_CODES).reshape(_N_LUNG, _N_LOBE)
     reasons = _coverage_reasons(counts)
     return not reasons, "; ".join(reasons)
@@ -405,7 +398,7 @@ class SeverityCounter:
         self._hu = ct.array
         self._codes = region_codes(lungs, lobes)
         self.counts = RegionCounts.empty(ct.voxel_ml, _fov_reason(ct, lungs), lobes is not None)
-        for sl in _slabs(ct.shape):
+        for sl in slabs(ct.shape):
             codes = self._codes[sl]
             self.counts.voxels += np.bincount(codes.ravel(), minlength=_N_CODES).reshape(_N_LUNG, _N_LOBE)
             lesion = lesions[sl] > 0

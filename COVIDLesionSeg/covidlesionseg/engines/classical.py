@@ -46,7 +46,7 @@ from scipy import ndimage
 
 from covidlesionseg.engines.base import LesionEngine
 from covidlesionseg.io import InputError, Volume
-from covidlesionseg.masks import bounding_box, distance_to, downsample, upsample
+from covidlesionseg.masks import block_sum, bounding_box, closing, distance_to, downsample, upsample
 from covidlesionseg.progress import RunControl
 
 OUTSIDE_HU = -1000.0  # what the vessel opening sees outside the lungs (air: the lung border is "bright")
@@ -133,22 +133,6 @@ def _block_factors(spacing_zyx: tuple[float, ...], shape: tuple[int, ...], worki
     return tuple(max(1, int(round(working_mm / s))) if n > 2 else 1 for s, n in zip(spacing_zyx, shape))  # type: ignore[return-value]
 
 
-def _block_sum(array: np.ndarray, factors: tuple[int, int, int]) -> np.ndarray:
-    """Sum over non-overlapping blocks (the array's shape is a multiple of ``factors``) as float32."""
-    if factors == (1, 1, 1):
-        return array.astype(np.float32)
-    (nz, ny, nx), (fz, fy, fx) = array.shape, factors
-    blocks = array.reshape(nz // fz, fz, ny // fy, fy, nx // fx, fx)
-    return blocks.sum(axis=(1, 3, 5), dtype=np.float32)
-
-
-def _pad_to_multiple(array: np.ndarray, factors: tuple[int, int, int], value: float) -> np.ndarray:
-    pad = [(0, (-n) % f) for n, f in zip(array.shape, factors)]
-    if not any(p for _, p in pad):
-        return array
-    return np.pad(array, pad, constant_values=value)
-
-
 def _boundary_layer(mask: np.ndarray, spacing_zyx: tuple[float, ...], band_mm: float) -> np.ndarray:
     """Voxels of ``mask`` on its outer layer: one voxel deep along every axis with depth, and at least ``band_mm``."""
     structure = ndimage.generate_binary_structure(3, 1)
@@ -181,12 +165,6 @@ def _distance_outside(mask: np.ndarray, spacing_zyx: tuple[float, ...]) -> np.nd
 
     An axis without depth (1 or 2 voxels) gets a huge spacing: nothing spreads across it."""
     return distance_to(mask, [s if n > 2 else 1e6 for s, n in zip(spacing_zyx, mask.shape)])
-
-
-def _closing(mask: np.ndarray, spacing_zyx: tuple[float, ...], radius_mm: float) -> np.ndarray:
-    """Morphological closing with a ball of ``radius_mm`` (exact Euclidean distances; the image border is no wall)."""
-    dilated = _distance_outside(mask, spacing_zyx) <= radius_mm
-    return _distance_outside(~dilated, spacing_zyx) > radius_mm
 
 
 def _gaussian(array: np.ndarray, sigma_mm: float, spacing_zyx: tuple[float, ...]) -> np.ndarray:
@@ -290,7 +268,7 @@ class ClassicalEngine(LesionEngine):
         p = self.params
 
         def blocks(values: np.ndarray) -> np.ndarray:
-            return _block_sum(_pad_to_multiple(values, factors, 0), factors)
+            return block_sum(values, factors, np.float32)
 
         raised = lung & (hu > p.lower_hu)  # dense or brighter
         dense = raised & (hu <= p.upper_hu)
@@ -392,5 +370,5 @@ class ClassicalEngine(LesionEngine):
             if not one.any():
                 continue
             box = bounding_box(one, margin)
-            fill[box] |= _closing(one[box], work_spacing, radius)
+            fill[box] |= closing(one[box], work_spacing, radius)  # the image border is no wall
         return fill & ~any_lung
