@@ -17,6 +17,8 @@ import vtk
 
 from covidlesionseg import labels
 from covidlesionseg.io import Volume
+from covidlesionseg.severity import CATEGORY_SCORES
+from covidlesionseg.severity import TABLE_COLUMNS as REGION_COLUMNS
 from COVIDLesionSegLib.terminology import SegmentSpec
 
 SEVERITY_ATTRIBUTE = "COVIDLesionSeg.severity"
@@ -153,27 +155,23 @@ def labelmap_from_segments(segmentation_node, segment_ids: dict[int, str], refer
 
 
 TABLE_COLUMNS = [
-    ("Region", "string"), ("Volume mL", "double"), ("Lesion mL", "double"), ("Lesion %", "double"),
-    ("High opacity %", "double"), ("LSS", "int"), ("LHOS", "int"), ("CTSS", "int"), ("CT category", "string"),
+    ("Region", "string"),
+    *((column.title[0].upper() + column.title[1:], "int" if column.integer else "double") for column in REGION_COLUMNS),
+    ("CT category", "string"),
 ]
+"""The table's columns: the region, the core's per-region columns (``covidlesionseg.severity.TABLE_COLUMNS``,
+generated from its declared scores), and the whole chest's categories."""
 
 
 def severity_rows(severity: dict[str, Any]) -> list[list[Any]]:
     """Rows of the severity table: the five lobes (when known), both lungs, then all lungs."""
-    rows: list[list[Any]] = []
-    for lobe_name in labels.LOBE_NAMES.values():
-        lobe = severity.get("lobes", {}).get(lobe_name)
-        if lobe:
-            rows.append([lobe_name, lobe["volume_ml"], lobe["lesion_ml"], lobe["percent"],
-                         lobe["high_opacity_percent"], lobe["lss"], lobe["lhos"], lobe["ctss"], ""])
-    for side in ("right", "left"):
-        lung = severity.get("lungs", {}).get(side)
-        if lung:
-            rows.append([f"{side} lung", lung["volume_ml"], lung["lesion_ml"], lung["percent"],
-                         None, None, None, None, ""])
-    rows.append(["both lungs", severity["lung_ml"], severity["lesion_ml"], severity["PO"], severity["PHO"],
-                 severity["LSS"], severity["LHOS"], severity["CTSS"],
-                 " / ".join(str(v) for v in (severity["CT_category"], severity.get("CTSS_category")) if v)])
+    regions = [(name, severity.get("lobes", {}).get(name)) for name in labels.LOBE_NAMES.values()]
+    regions += [(f"{side} lung", severity.get("lungs", {}).get(side)) for side in ("right", "left")]
+    rows: list[list[Any]] = [[name, *(region.get(column.region_key) for column in REGION_COLUMNS), ""]
+                             for name, region in regions if region]
+    # the column is named after the CT category: it comes first, then the CTSS category
+    categories = " / ".join(str(severity[s.key]) for s in reversed(CATEGORY_SCORES) if severity.get(s.key))
+    rows.append(["both lungs", *(severity[column.whole_key] for column in REGION_COLUMNS), categories])
     return rows
 
 

@@ -10,7 +10,7 @@ import html
 from typing import Any
 
 from covidlesionseg import labels
-from covidlesionseg.severity import SCORES
+from covidlesionseg.severity import SCORES, TABLE_COLUMNS
 
 RESEARCH_NOTE = "Research use only: not a diagnosis and not a triage decision."
 
@@ -23,20 +23,20 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
+def _cell(region: dict[str, Any], column: Any) -> str:
+    """A region's value in a column: blank when the region has no such value (a lung has no points)."""
+    return _fmt(region[column.region_key], column.digits) if column.region_key in region else ""
+
+
 def lobe_table(severity: dict[str, Any]) -> str:
-    """Plain-text table: one row per lobe (when lobes exist) and per lung, then the totals."""
-    rows = [("region", "volume mL", "lesion mL", "lesion %", "high-op %", "LSS", "LHOS", "CTSS")]
-    for name in labels.LOBE_NAMES.values():
-        lobe = severity.get("lobes", {}).get(name)
-        if lobe:
-            rows.append((name, _fmt(lobe["volume_ml"]), _fmt(lobe["lesion_ml"], 2), _fmt(lobe["percent"], 2),
-                         _fmt(lobe["high_opacity_percent"], 2), _fmt(lobe["lss"]), _fmt(lobe["lhos"]),
-                         _fmt(lobe["ctss"])))
-    for side in ("right", "left"):
-        lung = severity.get("lungs", {}).get(side)
-        if lung:
-            rows.append((f"{side} lung", _fmt(lung["volume_ml"]), _fmt(lung["lesion_ml"], 2),
-                         _fmt(lung["percent"], 2), "", "", "", ""))
+    """Plain-text table: one row per lobe (when lobes exist) and per lung (columns: ``severity.TABLE_COLUMNS``),
+    then the totals."""
+    rows = [("region", *(column.title for column in TABLE_COLUMNS))]
+    regions = [(name, severity.get("lobes", {}).get(name)) for name in labels.LOBE_NAMES.values()]
+    regions += [(f"{side} lung", severity.get("lungs", {}).get(side)) for side in ("right", "left")]
+    for name, region in regions:
+        if region:
+            rows.append((name, *(_cell(region, column) for column in TABLE_COLUMNS)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
     lines.insert(1, "-" * len(lines[0]))
@@ -71,11 +71,12 @@ def engine_line(severity: dict[str, Any]) -> str:
 
 
 def region_rows(severity: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per lobe (when lobes exist) else per lung: name, kind, percent, high-opacity percent, points."""
+    """One row per lobe (when lobes exist) else per lung: name, kind and every ``TABLE_COLUMNS`` value (None
+    where a lung has none)."""
     lobes = severity.get("lobes") or {}
     if lobes:
         return [{"region": name, "kind": "lobe", **lobes[name]} for name in labels.LOBE_NAMES.values() if name in lobes]
-    return [{"region": f"{side} lung", "kind": "lung", "high_opacity_percent": None, "lss": None, "ctss": None,
+    return [{"region": f"{side} lung", "kind": "lung", **{c.region_key: None for c in TABLE_COLUMNS},
              **lung} for side, lung in (severity.get("lungs") or {}).items() if lung]
 
 
@@ -124,11 +125,10 @@ def report_html(severity: dict[str, Any], title: str, png_base64: str | None = N
         f"<tr><td>{esc(r['name'])}</td><td>{esc(r['value'])}</td><td>{esc(r['range'])}</td>"
         f"<td class=ref>{esc(r['reference'])}</td></tr>" for r in score_rows(severity))
     region_table = "".join(
-        f"<tr><td>{esc(_long_name(r['region']))}</td><td>{_fmt(r.get('volume_ml'))}</td>"
-        f"<td>{_fmt(r.get('lesion_ml'), 2)}</td>"
-        f"<td>{_fmt(r.get('percent'), 2)}</td><td>{_fmt(r.get('high_opacity_percent'), 2)}</td>"
-        f"<td>{_fmt(r.get('lss'))}</td><td>{_fmt(r.get('lhos'))}</td><td>{_fmt(r.get('ctss'))}</td></tr>"
+        f"<tr><td>{esc(_long_name(r['region']))}</td>"
+        + "".join(f"<td>{_fmt(r.get(c.region_key), c.digits)}</td>" for c in TABLE_COLUMNS) + "</tr>"
         for r in region_rows(severity))
+    region_head = "".join(f"<th>{esc(c.title)}</th>" for c in TABLE_COLUMNS)
     info = "".join(f"<li>{esc(line)}</li>" for line in info_lines(severity))
     picture = (f'<img alt="key axial and coronal slices, involvement per lobe, scores" '
                f'src="data:image/png;base64,{png_base64}">' if png_base64 else "")
@@ -140,8 +140,7 @@ table{{border-collapse:collapse;margin:0.5em 0 1em}} td,th{{border:1px solid #bb
 <body><h1>{esc(title)}</h1><p class=note>{esc(RESEARCH_NOTE)}</p>
 {picture}
 <h2>Scores</h2><table><tr><th>score</th><th>value</th><th>range</th><th>reference</th></tr>{score_table}</table>
-<h2>Regions</h2><table><tr><th>region</th><th>volume mL</th><th>lesion mL</th><th>lesion %</th><th>high-opacity %</th>
-<th>LSS</th><th>LHOS</th><th>CTSS</th></tr>{region_table}</table>
+<h2>Regions</h2><table><tr><th>region</th>{region_head}</tr>{region_table}</table>
 <p>Lesion = opacity segmented by the engine; the split at -200 HU comes from the CT's HU. A region scores
 p = 0 when its lesion volume is at or below the floor. Scores that assume whole lobes or lungs are left out when
 coverage is incomplete.</p>
@@ -167,9 +166,8 @@ def markdown_report(
         out += [f"![key slices, involvement per lobe, scores]({picture})", ""]
     out += ["```", lobe_table(severity), "```", ""]
     if truth is not None:
-        keys = ("PO", "PHO", "LSS", "LHOS", "CTSS", "CTSS_category", "CT_category")
         out += ["| score | segmentation | truth |", "|---|---|---|"]
-        out += [f"| {k} | {_fmt(severity.get(k), 2)} | {_fmt(truth.get(k), 2)} |" for k in keys]
+        out += [f"| {s.key} | {_fmt(severity.get(s.key), 2)} | {_fmt(truth.get(s.key), 2)} |" for s in SCORES]
         out.append("")
     if metrics:
         out += ["| lesion agreement | value |", "|---|---|"]

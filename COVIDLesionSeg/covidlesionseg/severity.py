@@ -103,15 +103,19 @@ class SeverityConfig:
         if len(self.ct_bins.edges) + 2 != len(labels.CT_CATEGORIES):
             raise ValueError(f"CT category bins must give {len(labels.CT_CATEGORIES)} categories")
 
+    def scale(self, name: str) -> BinScale:
+        """The bins that ``Score.bins`` names: LSS and LHOS share theirs; CTSS and the CT category have their own."""
+        return {"LSS": self.lss_bins, "LHOS": self.lss_bins, "CTSS": self.ctss_bins, "CT_category": self.ct_bins}[name]
+
     def to_json(self) -> dict[str, Any]:
         return {
             "high_opacity_hu": float(self.high_opacity_hu),
             "floor_ml": float(self.floor_ml),
             "bins": {
-                "LSS": self.lss_bins.to_json(),
-                "LHOS": self.lss_bins.to_json(),
-                "CTSS": self.ctss_bins.to_json(),
-                "CT_category": {**self.ct_bins.to_json(), "categories": list(labels.CT_CATEGORIES)},
+                "LSS": self.scale("LSS").to_json(),
+                "LHOS": self.scale("LHOS").to_json(),
+                "CTSS": self.scale("CTSS").to_json(),
+                "CT_category": {**self.scale("CT_category").to_json(), "categories": list(labels.CT_CATEGORIES)},
                 "CTSS_category": {name: [lo, hi] for name, lo, hi in self.ctss_categories},
             },
         }
@@ -125,8 +129,12 @@ DEFAULT_CONFIG = SeverityConfig()
 class Score:
     """One whole-chest score of severity.json: its key, what users read, unit, bins and the paper it is from.
 
-    ``bins`` names the ``SeverityConfig`` scale whose edges it uses (None for a plain percentage); reports,
-    tables and docs read this list instead of keeping their own copies of names and references.
+    ``bins`` names the ``SeverityConfig`` scale whose edges it uses (None for a plain percentage).  A score with
+    a value per region has ``region_key`` (its key in severity.json's ``lobes`` and ``lungs`` objects; for
+    points, each lobe's points sum to the score) computed from the ``of`` measure ("lesion" or "high_opacity"),
+    and ``column``, its title in the per-region tables.  The severity document, the reports and the Slicer
+    module's table read this list (after the measurement declarations of 3D Slicer's SegmentStatistics
+    plugins) instead of keeping their own copies of names, keys and references.
     """
 
     key: str
@@ -136,18 +144,29 @@ class Score:
     bins: str | None
     reference: str
     needs_full_coverage: bool
+    region_key: str | None = None
+    of: str = "lesion"
+    column: str = ""
+
+    @property
+    def is_points(self) -> bool:
+        """Points per lobe (LSS, LHOS, CTSS), summed over the five lobes."""
+        return self.unit == "points"
 
 
 CHAGANTI = ("Chaganti S, et al. Automated quantification of CT patterns associated with COVID-19 from chest CT. "
             "Radiol Artif Intell 2020;2(4):e200048")
 SCORES: tuple[Score, ...] = (
-    Score("PO", "percentage of opacity", "%", "0-100", None, CHAGANTI, False),
-    Score("PHO", "percentage of high opacity", "%", "0-100", None, CHAGANTI, False),
+    Score("PO", "percentage of opacity", "%", "0-100", None, CHAGANTI, False, "percent", "lesion", "lesion %"),
+    Score("PHO", "percentage of high opacity", "%", "0-100", None, CHAGANTI, False,
+          "high_opacity_percent", "high_opacity", "high opacity %"),
     Score("LSS", "lung severity score", "points", "0-20", "LSS",
-          CHAGANTI + "; after Bernheim A, et al. Radiology 2020;295(3):200463", True),
-    Score("LHOS", "lung high-opacity score", "points", "0-20", "LHOS", CHAGANTI, True),
+          CHAGANTI + "; after Bernheim A, et al. Radiology 2020;295(3):200463", True, "lss", "lesion", "LSS"),
+    Score("LHOS", "lung high-opacity score", "points", "0-20", "LHOS", CHAGANTI, True,
+          "lhos", "high_opacity", "LHOS"),
     Score("CTSS", "CT severity score", "points", "0-25", "CTSS",
-          "Pan F, et al. Radiology 2020;295(3):715-721; bins and categories as Topff L, et al. write them", True),
+          "Pan F, et al. Radiology 2020;295(3):715-721; bins and categories as Topff L, et al. write them", True,
+          "ctss", "lesion", "CTSS"),
     Score("CTSS_category", "CTSS category", "", "none-severe", "CTSS_category",
           "Topff L, et al.", True),
     Score("CT_category", "CT category (Moscow)", "", "CT0-CT4", "CT_category",
@@ -155,6 +174,29 @@ SCORES: tuple[Score, ...] = (
           "Med Image Anal 2021;71:102054.  CT0: no signs of viral pneumonia", True),
 )
 SCORE_BY_KEY = {score.key: score for score in SCORES}
+LOBE_POINTS = tuple(score for score in SCORES if score.is_points)
+CATEGORY_SCORES = tuple(score for score in SCORES if score.region_key is None)
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of the per-region tables (the text table, report.html, the Slicer module's table): its title,
+    the key of a region's value (lobe or lung object of severity.json), the key of the whole chest's value (the
+    "both lungs" row), integer or not, and the decimals shown."""
+
+    title: str
+    region_key: str
+    whole_key: str
+    integer: bool
+    digits: int
+
+
+TABLE_COLUMNS: tuple[Column, ...] = (
+    Column("volume mL", "volume_ml", "lung_ml", False, 1),
+    Column("lesion mL", "lesion_ml", "lesion_ml", False, 2),
+    *(Column(score.column, score.region_key, score.key, score.is_points, 2) for score in SCORES if score.region_key),
+)
+"""Region volumes, then every score with a value per region, in the order of ``SCORES``."""
 
 
 # --- points of one region --------------------------------------------------------------------------
@@ -329,21 +371,30 @@ def severity_from_counts(counts: RegionCounts, config: SeverityConfig = DEFAULT_
         lung_categories.append(config.ct_bins.points(percent, k * ml, config.floor_ml))
 
     lobes: dict[str, dict[str, Any]] = {}
-    totals = {"lss": 0, "lhos": 0, "ctss": 0}
+    totals = {score.key: 0 for score in LOBE_POINTS}
     for lobe, name in labels.LOBE_NAMES.items() if counts.has_lobes else ():
         n = int(counts.voxels[1:, lobe].sum())
         k, h = int(counts.lesion[1:, lobe].sum()), int(counts.high_opacity[1:, lobe].sum())
         percent, high_percent = percent_of(k, n), percent_of(h, n)
-        points = {"lss": lss_points(percent, k * ml, config), "lhos": lhos_points(high_percent, h * ml, config),
-                  "ctss": ctss_points(percent, k * ml, config)}
-        for key, value in points.items():
-            totals[key] += value
+        measured = {"lesion": (percent, k * ml), "high_opacity": (high_percent, h * ml)}
+        points = {score: config.scale(score.bins).points(*measured[score.of], config.floor_ml)
+                  for score in LOBE_POINTS}
+        for score, value in points.items():
+            totals[score.key] += value
         lobes[name] = {"volume_ml": n * ml, "lesion_ml": k * ml, "high_opacity_ml": h * ml, "percent": percent,
                        "high_opacity_percent": high_percent,
-                       **{key: (value if complete else None) for key, value in points.items()}}
+                       **{score.region_key: (value if complete else None) for score, value in points.items()}}
 
     whole_lobes = complete and counts.has_lobes
-    ctss_total = totals["ctss"] if whole_lobes else None
+    scores: dict[str, Any] = {
+        "PO": percent_of(lesion_voxels, lung_voxels),
+        "PHO": percent_of(high_voxels, lung_voxels),
+        **{key: (total if whole_lobes else None) for key, total in totals.items()},
+    }
+    scores["CTSS_category"] = ctss_category(scores["CTSS"], config)
+    # The larger per-lung percentage decides; per-lung categories (with the floor) keep a floored lung from
+    # hiding a real lesion in the other one.
+    scores["CT_category"] = labels.CT_CATEGORIES[max(lung_categories)] if complete else None
     return {
         "lobe_source": lobe_source,
         "coverage": {"complete": complete, "reason": "; ".join(reasons)},
@@ -351,15 +402,7 @@ def severity_from_counts(counts: RegionCounts, config: SeverityConfig = DEFAULT_
         "lung_ml": lung_voxels * ml,
         "lesion_ml": lesion_voxels * ml,
         "high_opacity_ml": high_voxels * ml,
-        "PO": percent_of(lesion_voxels, lung_voxels),
-        "PHO": percent_of(high_voxels, lung_voxels),
-        "LSS": totals["lss"] if whole_lobes else None,
-        "LHOS": totals["lhos"] if whole_lobes else None,
-        "CTSS": ctss_total,
-        "CTSS_category": ctss_category(ctss_total, config),
-        # The larger per-lung percentage decides; per-lung categories (with the floor) keep a floored lung
-        # from hiding a real lesion in the other one.
-        "CT_category": labels.CT_CATEGORIES[max(lung_categories)] if complete else None,
+        **{score.key: scores[score.key] for score in SCORES},  # every declared score, in the declared order
         "lungs": lungs,
         "lobes": lobes,
     }

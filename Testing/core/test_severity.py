@@ -178,6 +178,22 @@ def test_keys_values_and_config():
     assert json.loads(json.dumps(result)) == result
 
 
+def test_document_and_tables_come_from_the_declared_scores():
+    """Each score is declared once (severity.SCORES); the document's keys and the tables' columns follow it."""
+    ct, lungs, lobes = phantom()
+    result = score(ct, lesion_in(labels.RUL, 300), lungs, lobes)
+    declared = [s.key for s in sv.SCORES]
+    assert [k for k in result if k in sv.SCORE_BY_KEY] == declared  # every score, in the declared order
+    region_scores = [s for s in sv.SCORES if s.region_key]
+    assert [s.key for s in region_scores] == ["PO", "PHO", "LSS", "LHOS", "CTSS"]
+    for lobe in result["lobes"].values():
+        assert all(s.region_key in lobe for s in region_scores)
+    for s in sv.LOBE_POINTS:  # whole-chest points are the lobes' points summed
+        assert result[s.key] == sum(lobe[s.region_key] for lobe in result["lobes"].values())
+    assert [c.whole_key for c in sv.TABLE_COLUMNS] == ["lung_ml", "lesion_ml", *(s.key for s in region_scores)]
+    assert [c.title for c in sv.TABLE_COLUMNS][2:] == [s.column for s in region_scores]
+
+
 def test_split_opacity_is_recomputed_from_hu():
     ct, lungs, lobes = phantom()
     lesions = lesion_in(labels.LUL, 40)
