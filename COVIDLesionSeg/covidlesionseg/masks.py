@@ -121,3 +121,16 @@ def nearest_label(region: np.ndarray, chosen: np.ndarray, spacing_zyx: Sequence[
     distances = np.stack([distance_to(downsample(region == v, block, any_voxel=True), spacing)[where]
                           for v in values])
     return np.asarray(values, region.dtype)[np.argmin(distances, axis=0)], float(distances.min(axis=0).max())
+
+
+def select_labels(lab: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """``np.isin(lab, ids)`` for a label image, by lookup table (fast on large volumes)."""
+    table = np.zeros(int(lab.max()) + 1, bool)
+    table[np.asarray(ids, int)] = True
+    table[0] = False
+    return table[lab]
+
+
+def block_for_mm(spacing: np.ndarray, shape: tuple[int, ...], target_mm: float) -> np.ndarray:
+    """Block size (voxels per axis) of a coarse grid with cells of about ``target_mm``."""
+    return np.minimum(np.maximum(1, np.floor(target_mm / spacing)).astype(int), shape)

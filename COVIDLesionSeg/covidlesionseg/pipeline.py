@@ -16,7 +16,8 @@ from covidlesionseg import SOFTWARE_NAME, __version__, io, labels
 from covidlesionseg.engines.base import LesionEngine
 from covidlesionseg.lobe_providers import resolve_lobe_source
 from covidlesionseg.lobes import complete_lobes
-from covidlesionseg.lungs import include_lesions, segment_lungs, split_right_left
+from covidlesionseg.lung_split import include_lesions, split_right_left
+from covidlesionseg.lungs import segment_lungs
 from covidlesionseg.progress import CancelCheck, ProgressCallback, RunControl
 from covidlesionseg.severity import SeverityConfig, compute_severity, split_opacity
 

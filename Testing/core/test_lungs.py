@@ -17,7 +17,8 @@ from scipy import ndimage as ndi
 
 from covidlesionseg import labels
 from covidlesionseg.io import InputError, Volume
-from covidlesionseg.lungs import include_lesions, segment_lungs, split_right_left
+from covidlesionseg.lung_split import include_lesions, split_right_left
+from covidlesionseg.lungs import segment_lungs
 from covidlesionseg.progress import Cancelled, RunControl
 
 IDENTITY = np.eye(3)
