@@ -55,11 +55,28 @@ PLATE_REF = 30.0  # HU/mm^2: a clearly visible fissure's plate response
 PLATE_MIN = 8.0  # HU/mm^2: weaker responses are not evidence
 MINOR_BAND_MM = 45.0  # the minor fissure's level varies more between people
 POLY_DEGREE = 3
-THICK_SLICE_MM = 3.0  # thicker slices blur fissures into the parenchyma: the prior alone (measured: fits hurt)
+MINOR_DEGREE = 1  # the minor fissure's polynomial: a tilted plane (its bends come from the local field)
+THICK_SLICE_MM = 3.0  # thicker slices blur the horizontal minor fissure into the parenchyma: its prior alone
+OBLIQUE_MAX_MM = 6.0  # the oblique fissures, steep in the sagittal plane, stay visible up to this voxel size
 PRIOR_WEIGHT = 0.05  # pseudo-observations of the prior plane: this share of the evidence weight
 PRIOR_WEIGHT_MIN = 20.0
 EVIDENCE_FOR_DEGREE = (60.0, 300.0)  # summed plate weight needed for a tilted / curved fit
 SCALES_MM = (12.0, 8.0, 5.0, 3.0)  # biweight scales of the IRLS fit (after the offset mode)
+OBLIQUE_VALLEY = True
+VESSEL_HU = -600.0  # small vessels: brighter than this inside the lung
+VALLEY_MARGIN_MM = 5.0  # away from the pleura and the oblique fissure (their own vessel-free margins)
+VALLEY_BLOB_MM = 3.0  # bright blobs thicker than about twice this are consolidation or large vessels, not counted
+VALLEY_WIDTH_MM = 7  # the vessel-free band around a fissure (mm, odd)
+VALLEY_MIN_CELLS = 2000  # cells a band must hold to be judged
+VALLEY_MAX_CELLS = 150_000  # cells the valley search looks at (a regular subsample)
+VALLEY_MAX_COST = 0.65  # a gap is evidence only where its vessel density is well below the lung's
+VALLEY_HOLD = 0.1  # pull toward the prior level and a flat plane
+VALLEY_TILTS_U = (-12.0, -6.0, 0.0, 6.0, 12.0)  # mm per half lung depth, lateral tilt
+VALLEY_TILTS_V = (-24.0, -16.0, -8.0, 0.0, 8.0, 16.0, 24.0)  # mm per half lung height, anterior-posterior tilt
+LOCAL_NODE_MM = 12.0  # node spacing of the local height field fitted on top of the polynomial
+LOCAL_SCALES_MM = (12.0, 8.0, 5.0, 3.0)  # biweight scales of the local fit
+LOCAL_BEND = 0.5  # bending penalty of the local field, per node, in units of the mean evidence weight per node
+LOCAL_PULL = 0.02  # pull of the local field toward the polynomial (same units)
 
 
 @dataclass
@@ -73,6 +90,7 @@ class Surface:
     scale: tuple[float, float]
     coef: np.ndarray = field(default_factory=lambda: np.zeros(_n_terms(POLY_DEGREE)))
     evidence: float = 0.0  # summed weight of the image evidence the fit used
+    local: _HeightGrid | None = None  # local bends on top of the polynomial (a smooth field on a node grid)
 
     def frame(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         axes = np.stack([self.normal, self.eu / self.scale[0], self.ev / self.scale[1]], 1).astype(points.dtype)
@@ -82,7 +100,10 @@ class Surface:
     def height(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         n = int(np.max(np.nonzero(self.coef)[0], initial=-1)) + 1  # terms in use
         degree = next(d for d in range(POLY_DEGREE + 1) if _n_terms(d) >= n)
-        return _basis(u, v, degree) @ self.coef[: _n_terms(degree)].astype(u.dtype)
+        out = _basis(u, v, degree) @ self.coef[: _n_terms(degree)].astype(u.dtype)
+        if self.local is not None:
+            out = out + self.local(u, v)
+        return out
 
     def side_on_box(self, grid: _Grid, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         """:meth:`side` at every cell of the working grid's box [lo, hi) (k, j, i), by broadcasting."""
@@ -105,6 +126,62 @@ class Surface:
         """Signed distance (mm, along the plane normal) of points above the fitted surface."""
         t, u, v = self.frame(points)
         return t - self.height(u, v)
+
+
+@dataclass
+class _HeightGrid:
+    """A height field (mm) on a regular node grid over the plane coordinates (u, v), bilinearly interpolated
+    (held constant beyond the outer nodes)."""
+
+    values: np.ndarray  # (nu, nv)
+    lo: tuple[float, float]
+    step: tuple[float, float]
+
+    def __call__(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        coords = np.stack([(u - self.lo[0]) / self.step[0], (v - self.lo[1]) / self.step[1]]).astype(np.float32)
+        return ndimage.map_coordinates(self.values.astype(np.float32), coords, order=1, mode="nearest")
+
+    def weights(self, u: np.ndarray, v: np.ndarray):
+        """Sparse (len(u), nodes) bilinear interpolation matrix."""
+        from scipy import sparse
+
+        nu, nv = self.values.shape
+        fu = np.clip((u - self.lo[0]) / self.step[0], 0.0, nu - 1.0)
+        fv = np.clip((v - self.lo[1]) / self.step[1], 0.0, nv - 1.0)
+        iu = np.minimum(np.floor(fu).astype(int), nu - 2)
+        iv = np.minimum(np.floor(fv).astype(int), nv - 2)
+        au, av = fu - iu, fv - iv
+        rows = np.repeat(np.arange(len(u)), 4)
+        cols = np.stack([iu * nv + iv, iu * nv + iv + 1, (iu + 1) * nv + iv, (iu + 1) * nv + iv + 1], 1).ravel()
+        vals = np.stack([(1 - au) * (1 - av), (1 - au) * av, au * (1 - av), au * av], 1).ravel()
+        return sparse.csr_matrix((vals, (rows, cols)), shape=(len(u), nu * nv))
+
+    def bending(self):
+        """Sparse thin-plate bending energy of the node values (second differences along u, v and across)."""
+        from scipy import sparse
+
+        nu, nv = self.values.shape
+        index = np.arange(nu * nv).reshape(nu, nv)
+        rows, cols, vals = [], [], []
+        n = 0
+        stencils = [((0, 0), (1, 0), (2, 0)), ((0, 0), (0, 1), (0, 2))]
+        for (a, b, c) in stencils:
+            du, dv = c
+            block = index[: nu - du, : nv - dv]
+            for (ou, ov), w in zip((a, b, c), (1.0, -2.0, 1.0)):
+                rows.append(n + np.arange(block.size))
+                cols.append(index[ou: nu - du + ou, ov: nv - dv + ov].ravel())
+                vals.append(np.full(block.size, w))
+            n += block.size
+        block = index[: nu - 1, : nv - 1]
+        for (ou, ov), w in zip(((0, 0), (1, 1), (1, 0), (0, 1)), (1.0, 1.0, -1.0, -1.0)):
+            rows.append(n + np.arange(block.size))
+            cols.append(index[ou: nu - 1 + ou, ov: nv - 1 + ov].ravel())
+            vals.append(np.full(block.size, w * np.sqrt(2.0)))
+        n += block.size
+        d = sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                              shape=(n, nu * nv))
+        return (d.T @ d).tocsr()
 
 
 def _n_terms(degree: int) -> int:
@@ -223,9 +300,8 @@ def _prior(points: np.ndarray, side: int, frame: _LungFrame) -> tuple[Surface, S
     f = PUBLISHED_FRACTIONS
     if side == labels.RIGHT_LUNG:
         lower = f[labels.RLL] / (f[labels.RUL] + f[labels.RML] + f[labels.RLL])
-        middle = f[labels.RML] / (f[labels.RUL] + f[labels.RML])
     else:
-        lower, middle = f[labels.LLL] / (f[labels.LUL] + f[labels.LLL]), 0.0
+        lower = f[labels.LLL] / (f[labels.LUL] + f[labels.LLL])
     if frame.cut:
         c = OBLIQUE_POSTERIOR_HEIGHT - OBLIQUE_SLOPE
     else:
@@ -233,12 +309,21 @@ def _prior(points: np.ndarray, side: int, frame: _LungFrame) -> tuple[Surface, S
     oblique = frame.plane(c, OBLIQUE_SLOPE, centre, lateral)
     if side != labels.RIGHT_LUNG:
         return oblique, None
-    upper = h - OBLIQUE_SLOPE * a >= c
+    return oblique, _minor_prior(points, frame, oblique)
+
+
+def _minor_prior(points: np.ndarray, frame: _LungFrame, oblique: Surface) -> Surface:
+    """The minor fissure's prior: the level above ``oblique`` that leaves the middle lobe its published share of
+    the right upper and middle lobes (a fixed level when the lung is cut by the field of view)."""
+    f = PUBLISHED_FRACTIONS
+    middle = f[labels.RML] / (f[labels.RUL] + f[labels.RML])
+    h, _ = frame.ha(points)
+    upper = oblique.side(points) >= 0
     if frame.cut or upper.sum() < 10:
         c2 = MINOR_HEIGHT
     else:
         c2 = float(np.quantile(h[upper], middle))
-    return oblique, frame.plane(c2, 0.0, centre, lateral)
+    return frame.plane(c2, 0.0, points.mean(0), np.array([-1.0, 0.0, 0.0]))
 
 
 # --- evidence -----------------------------------------------------------------------------------------------
@@ -293,10 +378,12 @@ def _plates(grid: _Grid, side: int, candidates: np.ndarray) -> _Plates:
 
 # --- fit --------------------------------------------------------------------------------------------------
 def _fit(surface: Surface, points: np.ndarray, normals: np.ndarray, strength: np.ndarray,
-         support: np.ndarray, min_cos: float, band: float = BAND_MM) -> Surface:
+         support: np.ndarray, min_cos: float, band: float = BAND_MM, max_degree: int = POLY_DEGREE) -> Surface:
     """Fit the surface's polynomial to plate points near it (IRLS, Tukey biweight, shrinking scale)."""
     cos = np.abs(normals @ surface.normal)
+    surface.local = None
     t, u, v = surface.frame(points)
+    t = t - surface.height(u, v)  # offsets from the surface as it stands (a prior plane, the vessel valley)
     keep = (cos > min_cos) & (np.abs(t) < band)
     # Faint plates are mostly noise and vessel walls: their weight rises from 0 at PLATE_MIN to 1 at PLATE_REF.
     clear = np.clip((strength[keep] - PLATE_MIN) / (PLATE_REF - PLATE_MIN), 0.0, 1.0) ** 2
@@ -309,7 +396,7 @@ def _fit(surface: Surface, points: np.ndarray, normals: np.ndarray, strength: np
     w_prior = np.full(len(su), max(PRIOR_WEIGHT_MIN, PRIOR_WEIGHT * float(weight.sum())) / max(len(su), 1))
     # Few plates (an incomplete or faint fissure) bend the surface less: offset only, then a tilt, then curves.
     first = float(np.sum(weight))
-    degree = 0 if first < EVIDENCE_FOR_DEGREE[0] else 1 if first < EVIDENCE_FOR_DEGREE[1] else POLY_DEGREE
+    degree = 0 if first < EVIDENCE_FOR_DEGREE[0] else 1 if first < EVIDENCE_FOR_DEGREE[1] else max_degree
     n = _n_terms(degree)
     basis_data, basis_prior = basis_data[:, :n], basis_prior[:, :n]
     coef = np.zeros(n)
@@ -324,10 +411,46 @@ def _fit(surface: Surface, points: np.ndarray, normals: np.ndarray, strength: np
         b = basis_data.T @ (w * t)
         a[np.diag_indices_from(a)] += 1e-6
         coef = np.linalg.solve(a, b)
-    coef = np.concatenate([coef, np.zeros(_n_terms(POLY_DEGREE) - n)])
-    surface.coef = coef
+    start = surface.height(u, v)
+    surface.coef = surface.coef + np.concatenate([coef, np.zeros(_n_terms(POLY_DEGREE) - n)])
+    t = t + start  # offsets from the plane again, for the local field
     surface.evidence = total
+    if first >= EVIDENCE_FOR_DEGREE[1]:
+        surface.local = _fit_local(surface, t, u, v, weight, su, sv)
     return surface
+
+
+def _fit_local(surface: Surface, t: np.ndarray, u: np.ndarray, v: np.ndarray, weight: np.ndarray,
+               su: np.ndarray, sv: np.ndarray) -> _HeightGrid | None:
+    """Local bends the cubic cannot follow (a fissure's waves, its turn toward the anterior chest wall): a
+    smooth residual height field on a node grid (thin-plate bending penalty, a weak pull toward the polynomial),
+    fitted to the plates by iteratively reweighted least squares with Tukey's biweight."""
+    from scipy.sparse import identity
+    from scipy.sparse.linalg import spsolve
+
+    step = (LOCAL_NODE_MM / surface.scale[0], LOCAL_NODE_MM / surface.scale[1])
+    lo = (float(np.clip(su.min(), -1.5, 1.5)), float(np.clip(sv.min(), -1.5, 1.5)))
+    hi = (float(np.clip(su.max(), -1.5, 1.5)), float(np.clip(sv.max(), -1.5, 1.5)))
+    shape = tuple(max(3, int(np.ceil((h - lw) / s)) + 1) for lw, h, s in zip(lo, hi, step))
+    grid = _HeightGrid(np.zeros(shape), lo, step)
+    surface.local = None
+    base = t - surface.height(u, v)  # the polynomial's residuals (surface.local is not set yet)
+    near = np.abs(base) < 1.5 * LOCAL_SCALES_MM[0]
+    if weight[near].sum() < EVIDENCE_FOR_DEGREE[1]:
+        return None
+    base, w0 = base[near], weight[near]
+    interp = grid.weights(u[near], v[near])
+    covered = np.asarray(interp.sum(0)).ravel() > 0
+    per_node = float(w0.sum()) / max(int(covered.sum()), 1)
+    regular = per_node * (LOCAL_BEND * grid.bending() + LOCAL_PULL * identity(grid.values.size))
+    g = np.zeros(grid.values.size)
+    for scale in LOCAL_SCALES_MM:
+        r = base - interp @ g
+        w = w0 * np.clip(1.0 - (r / scale) ** 2, 0.0, None) ** 2
+        a = (interp.T @ interp.multiply(w[:, None])) + regular
+        g = spsolve(a.tocsc(), interp.T @ (w * base))
+    grid.values = g.reshape(shape)
+    return grid
 
 
 def _offset_mode(t: np.ndarray, weight: np.ndarray, band: float) -> float:
@@ -358,8 +481,11 @@ def builtin_lobes(ct: Volume, lungs: np.ndarray, *, use_image: bool = True) -> n
     if lungs.shape != ct.shape:
         raise InputError(f"lung map {lungs.shape} must lie on the CT grid {ct.shape}")
     t0 = time.perf_counter()
-    if use_image and max(ct.spacing) >= THICK_SLICE_MM:
+    if use_image and max(ct.spacing) >= OBLIQUE_MAX_MM:
         log.info("voxels of %.1f mm: fissures are not resolved, lobes from the anatomical prior", max(ct.spacing))
+    elif use_image and max(ct.spacing) >= THICK_SLICE_MM:
+        log.info("voxels of %.1f mm: the minor fissure is not resolved, its prior follows the fitted oblique fissure",
+                 max(ct.spacing))
     grid = _working_grid(ct, lungs)
     out = np.zeros(ct.shape, np.uint8)
     for side in labels.LUNG_NAMES:
@@ -376,15 +502,18 @@ def builtin_lobes(ct: Volume, lungs: np.ndarray, *, use_image: bool = True) -> n
             log.warning("%s lung cut by the field of view at the %s: lobes from the anatomical prior with a "
                         "typical lung height", labels.LUNG_NAMES[side], frame.cut)
         oblique, minor = _prior(pts, side, frame)
-        if use_image and max(ct.spacing) < THICK_SLICE_MM:
-            oblique, minor = _refine(grid, side, pts, oblique, minor)
+        if use_image and max(ct.spacing) < OBLIQUE_MAX_MM and not frame.cut:
+            oblique, minor = _refine(grid, side, pts, frame, oblique, minor,
+                                     fit_minor=max(ct.spacing) < THICK_SLICE_MM)
         _label_side(ct, lungs, side, oblique, minor, out, grid)
     log.info("built-in lobes in %.2f s", time.perf_counter() - t0)
     return out
 
 
-def _refine(grid: _Grid, side: int, pts: np.ndarray, oblique: Surface,
-            minor: Surface | None) -> tuple[Surface, Surface | None]:
+def _refine(grid: _Grid, side: int, pts: np.ndarray, frame: _LungFrame, oblique: Surface,
+            minor: Surface | None, fit_minor: bool) -> tuple[Surface, Surface | None]:
+    """Fit the oblique fissure to the plates near its prior; then set the minor fissure's prior above the fitted
+    oblique fissure and, where the slices resolve it, fit it to the plates above the oblique fissure."""
     lung = grid.lungs == side
     inner = distance_to(lung, tuple(grid.spacing_zyx)) < -PLEURA_MARGIN_MM
     inner &= grid.hu < -500.0
@@ -393,21 +522,77 @@ def _refine(grid: _Grid, side: int, pts: np.ndarray, oblique: Surface,
         return oblique, minor
     lo, hi = np.array([b.start for b in box]), np.array([b.stop for b in box])
     near = np.abs(oblique.side_on_box(grid, lo, hi)) < BAND_MM
-    if minor is not None:
+    if minor is not None and fit_minor:
         near |= np.abs(minor.side_on_box(grid, lo, hi)) < MINOR_BAND_MM
     cand = np.zeros(lung.shape, bool)
     cand[box] = near & inner[box]
     plates = _plates(grid, side, cand)
     ppts = grid.points(plates.index)
     support = pts[:: max(1, len(pts) // 400)]
+    vpts, vessel = _small_vessels(grid, lung)
+    if OBLIQUE_VALLEY:
+        oblique = _vessel_valley(oblique, vpts, vessel, BAND_MM)
     oblique = _fit(oblique, ppts, plates.normal, plates.strength, support, min_cos=0.8)
     if minor is not None:
+        above = oblique.side(vpts) > VALLEY_MARGIN_MM
+        minor = _vessel_valley(_minor_prior(pts, frame, oblique), vpts[above], vessel[above], MINOR_BAND_MM)
         above = oblique.side(ppts) > 3.0
         upper = support[oblique.side(support) > 0]
-        if len(upper) >= 10:
+        if fit_minor and len(upper) >= 10:
             minor = _fit(minor, ppts[above], plates.normal[above], plates.strength[above], upper, min_cos=0.85,
-                         band=MINOR_BAND_MM)
+                         band=MINOR_BAND_MM, max_degree=MINOR_DEGREE)
     return oblique, minor
+
+
+def _small_vessels(grid: _Grid, lung: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cells of one lung's interior that can show small vessels (LPS mm, float32) and whether each shows one.
+    Thin bright tubes count; consolidation and large vessels (bright blobs) and their rims are left out, since
+    they hide the small vessels."""
+    inner = lung & (distance_to(lung, tuple(grid.spacing_zyx)) < -VALLEY_MARGIN_MM)
+    bright = inner & (grid.hu > VESSEL_HU)
+    radius = max(1, int(round(VALLEY_BLOB_MM / float(grid.spacing_zyx.min()))))
+    ball = ndimage.iterate_structure(ndimage.generate_binary_structure(3, 1), radius)
+    blobs = ndimage.binary_opening(bright, ball)
+    cells = np.argwhere(inner & ~ndimage.binary_dilation(blobs, ball))
+    return grid.points(cells), (bright & ~blobs)[tuple(cells.T)]
+
+
+def _vessel_valley(surface: Surface, pts: np.ndarray, vessel: np.ndarray, band: float) -> Surface:
+    """The fissure where the small vessels leave a gap: no vessel crosses a fissure, so they thin out within a
+    few mm on both sides of it, formed or not (the basis of vessel-based lobe segmentation: Kuhnigk J-M et al.,
+    Proc SPIE 2005; Lassen B et al., IEEE TMI 2013).  Among offsets and tilts of ``surface`` (within ``band``),
+    the one whose thin band holds the fewest small vessels, mildly held to the surface as given."""
+    if len(pts) < 1000 or vessel.sum() < 100:
+        return surface
+    stride = max(1, len(pts) // VALLEY_MAX_CELLS)  # a regular subsample keeps the profiles, at a fraction of the time
+    t, u, v = surface.frame(pts[::stride])
+    t = t - surface.height(u, v)
+    weight = vessel[::stride].astype(np.float64)
+    min_cells = VALLEY_MIN_CELLS / stride
+    n_bins = int(2 * band)
+    centres = np.arange(n_bins) - band + 0.5
+    reference = float(weight.mean())
+    best = (np.inf, 0.0, 0.0, 0.0)
+    for a in VALLEY_TILTS_U:
+        for b in VALLEY_TILTS_V:
+            index = np.floor(t - a * u - b * v + band).astype(np.int64)
+            inside = (index >= 0) & (index < n_bins)
+            count = np.bincount(index[inside], minlength=n_bins).astype(float)
+            hits = np.bincount(index[inside], weights=weight[inside], minlength=n_bins)
+            count = ndimage.uniform_filter1d(count, VALLEY_WIDTH_MM, mode="constant")
+            hits = ndimage.uniform_filter1d(hits, VALLEY_WIDTH_MM, mode="constant")
+            density = np.where(count * VALLEY_WIDTH_MM >= min_cells, hits / np.maximum(count, 1e-9), np.inf)
+            cost = density / reference + VALLEY_HOLD * ((centres / 20.0) ** 2 + (a / 15.0) ** 2 + (b / 25.0) ** 2)
+            i = int(np.argmin(cost))
+            if cost[i] < best[0]:
+                best = (float(cost[i]), float(centres[i]), float(a), float(b))
+    if best[0] > VALLEY_MAX_COST:  # no clear gap among the vessels (dense disease, few vessels): no evidence
+        return surface
+    log.debug("vessel valley: cost %.2f at offset %.1f mm, tilts %.0f / %.0f mm (%d cells, %.3f vessel)", *best,
+              len(pts), reference)
+    coef = surface.coef.copy()
+    coef[:3] += best[1:]
+    return Surface(surface.origin, surface.normal, surface.eu, surface.ev, surface.scale, coef)
 
 
 def _label_side(ct: Volume, lungs: np.ndarray, side: int, oblique: Surface, minor: Surface | None,

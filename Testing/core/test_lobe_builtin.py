@@ -36,16 +36,27 @@ def fine():
 
 
 def test_prior_alone_on_coarse_ct(coarse):
-    """3.4 x 3.4 x 5.3 mm: no fissure is visible, the prior calibrated on published fractions does the work."""
-    lobes = builtin_lobes(coarse.ct, coarse.lungs)
+    """3.4 x 3.4 x 5.3 mm without the image: the prior calibrated on published fractions does the work."""
+    lobes = builtin_lobes(coarse.ct, coarse.lungs, use_image=False)
     check_partition(lobes, coarse.lungs)
-    np.testing.assert_array_equal(lobes, builtin_lobes(coarse.ct, coarse.lungs, use_image=False))  # >= 3 mm
     scores = lobe_dice(lobes, coarse.lobes)
     assert min(scores.values()) > 0.6 and np.mean(list(scores.values())) > 0.84, scores
     in_lung = lobes[coarse.lungs > 0]
     fractions = {lobe: 100.0 * np.mean(in_lung == lobe) for lobe in labels.LOBE_NAMES}
     for lobe, published in PUBLISHED_FRACTIONS.items():  # the prior's volumes, up to the lungs' own sizes
         assert abs(fractions[lobe] - published) < 6.0, (labels.LOBE_NAMES[lobe], fractions[lobe])
+
+
+def test_thick_slices_use_the_vessel_gaps():
+    """5 mm slices: the fissure plates are blurred, yet the gaps the vessels leave at the fissures and the steep
+    oblique fissures still place the lobes better than the prior alone, the middle lobe included."""
+    thick = generate_phantom(4, "CT1", spacing=(1.6, 1.6, 5.0))
+    prior = lobe_dice(builtin_lobes(thick.ct, thick.lungs, use_image=False), thick.lobes)
+    lobes = builtin_lobes(thick.ct, thick.lungs)
+    check_partition(lobes, thick.lungs)
+    fitted = lobe_dice(lobes, thick.lobes)
+    assert np.mean(list(fitted.values())) > np.mean(list(prior.values())) + 0.02, (prior, fitted)
+    assert fitted[labels.RML] > prior[labels.RML] and min(fitted.values()) > 0.75, (prior, fitted)
 
 
 def test_fissure_evidence_improves_on_the_prior(fine):
