@@ -67,7 +67,7 @@ def set_segment(node, spec: SegmentSpec, mask: np.ndarray | None, reference_node
         segment_id = segmentation.AddEmptySegment(spec.name, spec.name, list(spec.color))
     segment = segmentation.GetSegment(segment_id)
     segment.SetColor(*spec.color)
-    segment.SetTag(segment.GetTerminologyEntryTagName(), spec.entry())
+    segment.SetTag(segment.GetTerminologyEntryTagName(), spec.terminology_entry())
     if mask is not None:
         slicer.util.updateSegmentBinaryLabelmapFromArray(np.ascontiguousarray(mask, np.uint8), node, segment_id,
                                                          reference_node)

@@ -1,78 +1,32 @@
-"""Segment names, colours and SNOMED-CT terminology of every segment the module creates, and lobe matching.
+"""The segments the module creates (names, colours and SNOMED-CT terminology from the core's
+``covidlesionseg.terminology``, where each code is written once) and matching segments to lobes and lungs.
 
 Entries use Slicer's serialized terminology format (``context~category~type~typeModifier~regionContext~region~
 regionModifier``, each code ``scheme^value^meaning``), the string `vtkSlicerTerminologiesModuleLogic`
-(de)serializes and `vtkSegment.GetTerminologyEntryTagName()` stores; `.seg.nrrd` keeps it.  Codes are SNOMED-CT
-(as in DICOM PS3.16 CID 7151/7150 and Slicer's "General Anatomy" list).
+(de)serializes and `vtkSegment.GetTerminologyEntryTagName()` stores; `.seg.nrrd` keeps it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from covidlesionseg import labels
+from covidlesionseg.terminology import (  # noqa: F401  (Code: the type of every code, for callers)
+    BACKGROUND_SEGMENT,
+    LESION_SEGMENT,
+    LOBE_SEGMENTS,
+    LUNG_MASK_SEGMENT,
+    LUNG_SEGMENTS,
+    Code,
+    type_code_of,
+)
+from covidlesionseg.terminology import Segment as SegmentSpec
 
-CATEGORY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
-REGION_CONTEXT = "Anatomic codes - DICOM master list"
-ANATOMICAL_STRUCTURE = ("SCT", "123037004", "Anatomical Structure")
-ALTERED_STRUCTURE = ("SCT", "49755003", "Morphologically Altered Structure")
-TISSUE = ("SCT", "85756007", "Tissue")
-LUNG = ("SCT", "39607008", "Lung")
-EMPTY = ("", "", "")
-
-Code = tuple[str, str, str]
-
-
-@dataclass(frozen=True)
-class SegmentSpec:
-    """A segment the module creates: name, RGB colour (0..1), SNOMED-CT category/type (and region)."""
-
-    name: str
-    color: tuple[float, float, float]
-    category: Code
-    type: Code
-    region: Code = EMPTY
-
-    @property
-    def type_code(self) -> str:
-        return self.type[1]
-
-    def entry(self) -> str:
-        """The serialized terminology entry stored on the segment."""
-        def code(c: Code) -> str:
-            return "^".join(c)
-
-        return "~".join([CATEGORY_CONTEXT, code(self.category), code(self.type), code(EMPTY), REGION_CONTEXT,
-                         code(self.region), code(EMPTY)])
-
-
-LESION = SegmentSpec("Lesion", (0.90, 0.20, 0.15), ALTERED_STRUCTURE, ("SCT", "52988006", "Lesion"), LUNG)
-BACKGROUND = SegmentSpec("Background", (0.35, 0.35, 0.80), TISSUE, TISSUE)  # seed of Grow from seeds
-LUNG_MASK = SegmentSpec("Lung mask", (0.55, 0.75, 0.95), ANATOMICAL_STRUCTURE, LUNG)
-RIGHT_LUNG = SegmentSpec("Right lung", (0.50, 0.70, 0.90), ANATOMICAL_STRUCTURE, ("SCT", "3341006", "Right lung"))
-LEFT_LUNG = SegmentSpec("Left lung", (0.55, 0.85, 0.60), ANATOMICAL_STRUCTURE, ("SCT", "44029006", "Left lung"))
-LOBES: dict[int, SegmentSpec] = {
-    labels.RUL: SegmentSpec("Right upper lobe", (0.69, 0.48, 0.39), ANATOMICAL_STRUCTURE,
-                            ("SCT", "45653009", "Upper lobe of right lung")),
-    labels.RML: SegmentSpec("Right middle lobe", (0.44, 0.72, 0.39), ANATOMICAL_STRUCTURE,
-                            ("SCT", "72481006", "Middle lobe of right lung")),
-    labels.RLL: SegmentSpec("Right lower lobe", (0.89, 0.66, 0.24), ANATOMICAL_STRUCTURE,
-                            ("SCT", "266005", "Lower lobe of right lung")),
-    labels.LUL: SegmentSpec("Left upper lobe", (0.31, 0.54, 0.74), ANATOMICAL_STRUCTURE,
-                            ("SCT", "44714003", "Upper lobe of left lung")),
-    labels.LLL: SegmentSpec("Left lower lobe", (0.75, 0.45, 0.74), ANATOMICAL_STRUCTURE,
-                            ("SCT", "90572001", "Lower lobe of left lung")),
-}
-LUNGS: dict[int, SegmentSpec] = {labels.RIGHT_LUNG: RIGHT_LUNG, labels.LEFT_LUNG: LEFT_LUNG}
-
-
-def type_code_of(entry: str | None) -> str:
-    """The SNOMED-CT type code of a serialized entry ('' when the entry is empty or malformed)."""
-    parts = (entry or "").split("~")
-    if len(parts) < 3:
-        return ""
-    fields = parts[2].split("^")
-    return fields[1] if len(fields) == 3 else ""
+LESION = LESION_SEGMENT
+BACKGROUND = BACKGROUND_SEGMENT  # seed of Grow from seeds
+LUNG_MASK = LUNG_MASK_SEGMENT
+RIGHT_LUNG = LUNG_SEGMENTS[labels.RIGHT_LUNG]
+LEFT_LUNG = LUNG_SEGMENTS[labels.LEFT_LUNG]
+LOBES: dict[int, SegmentSpec] = LOBE_SEGMENTS
+LUNGS: dict[int, SegmentSpec] = LUNG_SEGMENTS
 
 
 def match_segments(segments: list[tuple[str, str, str | None]], specs: dict[int, SegmentSpec]) -> dict[int, str]:
