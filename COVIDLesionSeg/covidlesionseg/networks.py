@@ -92,6 +92,15 @@ class BressemUNet(nn.Module):
     The grey CT is replicated to ``in_channels`` (3, like the video-pretrained encoder expects)
     inside ``forward``: callers always give 1 channel (giving ``in_channels`` channels also works).
     ``widen_factor`` scales every width (1.0 = the paper's ResNet-18).
+
+    Fidelity to the paper: Bressem et al. initialised the encoder with torchvision's Kinetics-400 ``r3d_18``.
+    This encoder has the same depth, widths (64-128-256-512), basic blocks and stride-2 stages, but not
+    r3d_18's stem: r3d_18 uses a (3, 7, 7) convolution with stride (1, 2, 2) and no max pooling (so it halves
+    only in-plane at the stem), whereas MONAI's ResNet stem here is a 7x7x7 convolution with stride 2 in
+    every axis followed by max pooling.  Kinetics weights therefore do not load into it; the weights that fit
+    MONAI's ResNet-18 are MedicalNet's (Chen et al. 2019, 3D medical segmentation pretraining), loadable with
+    ``strict=False`` into ``encoder``.  No pretrained encoder ships with this product: the shipped model is the
+    compact residual U-Net, trained from scratch (see docs/model-card.md).
     """
 
     downsampling = 32

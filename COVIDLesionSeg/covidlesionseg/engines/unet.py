@@ -4,8 +4,8 @@ A model whose registry entry lists ``outputs`` ["background", "lung", "lesion"] 
 together (``provides_lungs``): it sees the whole body, so dense consolidation that a density-based lung mask
 drops is still lung.  Lesion-only models (two outputs) see the lung mask's box and mark lesions.
 
-Weights come from the model registry (``models.fetch_weights``) and are checked against their
-sha256 before they are read (``models.load_state_dict``, ``weights_only``).  Inference runs through
+Weights come from the registry entry (``weights.fetch_weights``) and are checked against their
+sha256 before they are read (``weights.load_state_dict``, ``weights_only``).  Inference runs through
 ``inference.predict_lesions``; the lesion is every non-background class.  Lesions may reach a few
 mm past the lung mask (dense consolidation at the pleura that a lung mask missed), but not further,
 so the network cannot paint the chest wall or mediastinum.
@@ -20,10 +20,11 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from covidlesionseg import weights as models  # the weights half (fetch_weights, load_state_dict), not the registry
+from covidlesionseg import weights
 from covidlesionseg.engines.base import LesionEngine
 from covidlesionseg.inference import body_bounding_box, predict_classes, predict_lesions, resolve_device
 from covidlesionseg.io import InputError, Volume
+from covidlesionseg.lungs import segment_lungs
 from covidlesionseg.networks import build_network
 from covidlesionseg.progress import ProgressCallback, RunControl
 
@@ -31,6 +32,12 @@ LUNG_MARGIN_MM = 3.0
 """How far past the lung mask a lesion may reach."""
 JOINT_OUTPUTS = ("background", "lung", "lesion")
 """Class order of a lung-and-lesion model."""
+DENSITY_SHARE = 0.25
+"""Share of a joint run's progress spent on the density lung mask."""
+LUNG_SOURCES = ("fused", "network")
+"""Where a joint model's lungs come from: the density mask plus the lost lesions, or the network alone."""
+MIN_LOST_LUNG_ML = 100.0
+"""A lesion component outside the density lungs this large is lung even when it does not touch them."""
 MIN_LUNG_COMPONENT_ML = 5.0
 """Lung components smaller than this (and not touching a larger one) are dropped as noise."""
 
@@ -82,11 +89,42 @@ def keep_near_lungs(lesions: np.ndarray, lungs: np.ndarray, spacing_zyx: Sequenc
     return result
 
 
+def _part(control: RunControl, start: float, end: float, name: str) -> RunControl:
+    """A RunControl whose 0..1 progress fills [start, end] of ``control``'s."""
+    def progress(fraction: float, message: str) -> None:
+        control.report(start + (end - start) * fraction, f"{name}: {message}" if message else name)
+
+    return RunControl(progress, control.cancel)
+
+
+def fuse_lungs(density: np.ndarray, lesions: np.ndarray, ct: Volume) -> np.ndarray:
+    """The density lung mask plus the network's lesions that it lost (``fused`` lung source).
+
+    The density mask (``lungs.segment_lungs``: air-filled lung, closed over subpleural consolidation) is
+    what a reader would draw on aerated lung, and is kept as it is; the network's own lung outline is
+    not used, because it blurs at the pleura on coarse or unusual CT.  Where dense consolidation or
+    atelectasis was dropped by the density mask, the network's lesion voxels outside it are added,
+    component by component, when the component touches the density lungs (the disease continues into
+    aerated lung) or holds at least ``MIN_LOST_LUNG_ML`` (a lung consolidated as a whole).
+    """
+    lost = lesions & ~density
+    if not lost.any():
+        return density.copy()
+    labelled, n = ndimage.label(lost, structure=np.ones((3, 3, 3), bool))
+    touching = np.unique(labelled[ndimage.binary_dilation(density, np.ones((3, 3, 3), bool)) & lost])
+    keep = np.zeros(n + 1, bool)
+    keep[touching[touching > 0]] = True
+    sizes = np.bincount(labelled.ravel(), minlength=n + 1) * ct.voxel_ml
+    keep[1:] |= sizes[1:] >= MIN_LOST_LUNG_ML
+    return density | keep[labelled]
+
+
 class UNetEngine(LesionEngine):
     """A registered network as a lesion engine; weights are verified and loaded when it is built."""
 
     def __init__(self, entry: dict[str, Any], device: str = "auto", *,
-                 lung_margin_mm: float = LUNG_MARGIN_MM, progress: ProgressCallback | None = None) -> None:
+                 lung_margin_mm: float = LUNG_MARGIN_MM, progress: ProgressCallback | None = None,
+                 lung_source: str = "fused") -> None:
         self.entry = dict(entry)
         self.name = str(entry["id"])
         self.version = str(entry.get("version") or "1")
@@ -101,10 +139,13 @@ class UNetEngine(LesionEngine):
         self.hu_window = tuple(float(h) for h in entry["hu_window"])
         self.roi_size = tuple(int(r) for r in entry["roi_size"])
         self.lung_margin_mm = float(lung_margin_mm)
+        if lung_source not in LUNG_SOURCES:
+            raise ValueError(f"lung_source must be one of {LUNG_SOURCES}, got {lung_source!r}")
+        self.lung_source = lung_source
         self._torch_device = resolve_device(device)
         self.device = self._torch_device.type
-        weights = models.fetch_weights(entry, progress=progress)
-        state = models.load_state_dict(weights, self.weights_sha256)
+        path = weights.fetch_weights(entry, progress=progress)
+        state = weights.load_state_dict(path, self.weights_sha256)
         self.net = build_network(str(entry["architecture"]), **(entry.get("network") or {}))
         try:
             self.net.load_state_dict(state, strict=True)
@@ -126,10 +167,14 @@ class UNetEngine(LesionEngine):
         if not self.provides_lungs:
             return super().segment_with_lungs(ct, progress, cancel)
         control = RunControl(progress, cancel)
-        classes = self._classes(ct, body_bounding_box(ct), control)
-        lungs = clean_lungs(classes >= JOINT_OUTPUTS.index("lung"), ct)
-        lesions = (classes == JOINT_OUTPUTS.index("lesion")) & lungs
-        return lungs, lesions
+        density = segment_lungs(ct, _part(control, 0.0, DENSITY_SHARE, "lungs")) != 0
+        classes = self._classes(ct, body_bounding_box(ct), _part(control, DENSITY_SHARE, 1.0, "network"))
+        net_lungs = clean_lungs(classes >= JOINT_OUTPUTS.index("lung"), ct)
+        lesions = (classes == JOINT_OUTPUTS.index("lesion")) & net_lungs
+        if self.lung_source == "network":
+            return net_lungs, lesions
+        lungs = fuse_lungs(density, lesions, ct)
+        return lungs, lesions & lungs
 
     def describe(self) -> dict:
         return {**super().describe(), "architecture": self.entry.get("architecture")}

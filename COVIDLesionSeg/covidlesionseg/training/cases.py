@@ -36,6 +36,8 @@ SEVERITIES = ("CT0", "CT1", "CT2", "CT3", "CT4")
 SEVERITY_WEIGHTS = (0.12, 0.28, 0.28, 0.2, 0.12)
 SCANNER_SLICES_MM = (0.625, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 5.0)
 # Real normal chests in ../shared/data used for painted lesions.  cip_chest64 is held out for evaluation.
+NEGATIVE_EVERY = 4
+"""Every this-many-th real variant (0, 4, 8, ...) gets no painted lesions."""
 REAL_NORMAL = ("real_ct/pyradiomics_lung1/lung1_image.nrrd", "real_ct/abdomen_lung_bases/example_ct.nii.gz")
 
 
@@ -99,10 +101,12 @@ def generated_case(seed: int, rng: np.random.Generator) -> Case:
 
 
 def real_painted_case(path: Path, lungs: np.ndarray, ct: Volume, index: int, rng: np.random.Generator) -> Case:
-    """A real normal chest with painted lesions (index 0: left normal, a pure negative example)."""
-    burden = 0.0 if index == 0 else float(rng.choice([rng.uniform(0.01, 0.1), rng.uniform(0.1, 0.4),
+    """A real normal chest with painted lesions (every fourth variant is left normal: a pure negative example
+    that teaches what real normal lungs look like: dependent density, hilar vessels, bronchial walls)."""
+    negative = index % NEGATIVE_EVERY == 0
+    burden = 0.0 if negative else float(rng.choice([rng.uniform(0.01, 0.1), rng.uniform(0.1, 0.4),
                                                        rng.uniform(0.4, 0.8)], p=[0.4, 0.4, 0.2]))
-    out = paint_lesions(ct, lungs > 0, rng, burden=burden, lookalikes=0.0 if index == 0 else 0.6)
+    out = paint_lesions(ct, lungs > 0, rng, burden=burden, lookalikes=0.0 if negative else 0.6)
     hu = out.hu if index == 0 else scanner_effects(ct, out.hu, rng)
     image, classes = to_training_grid(ct.like(hu), class_map(out.lesion, out.lungs))
     meta = {"source": "real", "file": path.name, "variant": index, "burden": round(burden, 3),
@@ -110,8 +114,13 @@ def real_painted_case(path: Path, lungs: np.ndarray, ct: Volume, index: int, rng
     return Case(f"real_{path.name.split('.')[0]}_{index:02d}", image, classes, meta)
 
 
-def labelled_case(image_path: Path, label_path: Path, lut: dict[int, int], case_id: str) -> Case:
-    """A user's labelled case: the label values mapped to classes by ``lut`` (value -> 0/1/2/255)."""
+def labelled_case(image_path: Path, label_path: Path, lut: dict[int, int], case_id: str, *,
+                  lung_labelled: bool = True) -> Case:
+    """A user's labelled case: the label values mapped to classes by ``lut`` (value -> 0/1/2/255).
+
+    A source that marks lesions only (``lung_labelled`` False: its 0 is lung and background in one) gets its
+    lung class from the density lung mask (``lungs.segment_lungs``) joined with its lesions, so that the
+    network is not taught that unlabelled lung is background."""
     ct = read_ct(image_path)
     raw = read_label(label_path, ct, resample=True).array
     table = np.full(int(max(int(raw.max()), max(lut))) + 1, IGNORE, np.uint8)
@@ -122,8 +131,15 @@ def labelled_case(image_path: Path, label_path: Path, lut: dict[int, int], case_
     unknown = sorted(set(np.unique(raw).tolist()) - set(lut))
     if unknown:
         raise InputError(f"{label_path.name}: label values {unknown} are not in the label map {sorted(lut)}")
-    image, classes = to_training_grid(ct, table[raw])
-    return Case(case_id, image, classes, {"source": "dataset", "image": str(image_path), "label": str(label_path)})
+    classes = table[raw]
+    if not lung_labelled:
+        from covidlesionseg.lungs import segment_lungs
+
+        lungs = segment_lungs(ct) > 0
+        classes = np.where((classes == BACKGROUND) & lungs, LUNG, classes).astype(np.uint8)
+    image, classes = to_training_grid(ct, classes)
+    return Case(case_id, image, classes, {"source": "dataset", "image": str(image_path), "label": str(label_path),
+                                          "lung_labelled": bool(lung_labelled)})
 
 
 # --- cache -------------------------------------------------------------------------------------------------

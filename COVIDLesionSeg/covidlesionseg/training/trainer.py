@@ -98,7 +98,7 @@ def augmentation(seed: int):
         RandScaleIntensityd("image", factors=0.04, prob=0.3),
         RandGaussianSmoothd("image", sigma_x=(0.3, 1.0), sigma_y=(0.3, 1.0), sigma_z=(0.3, 1.2), prob=0.2),
         RandGaussianSharpend("image", prob=0.1),
-        RandSimulateLowResolutiond("image", zoom_range=(0.5, 1.0), prob=0.15),
+        RandSimulateLowResolutiond("image", zoom_range=(0.3, 1.0), prob=0.2),
         RandGaussianNoised("image", std=35.0, prob=0.35),  # low-dose noise
         RandAdjustContrastd("image", gamma=(0.85, 1.2), prob=0.15, retain_stats=True),
     ])

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from covidlesionseg import __version__, models
+from covidlesionseg import __version__, models, weights
 from covidlesionseg.io import InputError
 from covidlesionseg.training.cases import (
     CLASS_NAMES,
@@ -59,11 +59,13 @@ def dataset_cases(specs: Sequence[str], folder: Path, label_map: str | None, val
         if not held and len(keys) >= 2:  # at least one patient held out
             held = {keys[-1]}
         for case in found:
-            target = folder / f"data_{case.case_id}.npz"
+            # An export re-exports a corrected case under the same id: the cache keys on id and version.
+            name = f"data_{case.case_id}" + (f"_v{case.version}" if case.version is not None else "")
+            target = folder / f"{name}.npz"
             if not target.exists():
                 say(f"preparing dataset case {case.case_id}")
-                save_case(folder, labelled_case(Path(case.image), Path(case.label), dict(case.lut),
-                                                f"data_{case.case_id}"))
+                save_case(folder, labelled_case(Path(case.image), Path(case.label), dict(case.lut), name,
+                                                lung_labelled=case.lung_labelled))
             (val if case.patient_key in held else train).append(target)
         summary["cases"] += len(found)
     summary["validation_cases"] = len(val)
@@ -109,7 +111,7 @@ def run_training(out: str | Path, *, data: Sequence[str] = (), generated: int = 
             raise InputError("the classical engine has no weights to fine-tune; --init takes a network model id")
         if len(parent.get("outputs") or []) != len(CLASS_NAMES):
             raise InputError(f"model {init!r} does not predict {', '.join(CLASS_NAMES)}; it cannot be fine-tuned here")
-        init_state = models.load_state_dict(models.fetch_weights(parent), str(parent["sha256"]))
+        init_state = weights.load_state_dict(weights.fetch_weights(parent), str(parent["sha256"]))
         config = replace(config, architecture=str(parent["architecture"]), network=dict(parent.get("network") or {}),
                          max_lr=config.max_lr * FINE_TUNE_LR_FACTOR, warmup_fraction=0.1,
                          patch_schedule=((0.0, tuple(parent["roi_size"])),),
