@@ -55,6 +55,7 @@ PLATE_REF = 30.0  # HU/mm^2: a clearly visible fissure's plate response
 PLATE_MIN = 8.0  # HU/mm^2: weaker responses are not evidence
 MINOR_BAND_MM = 45.0  # the minor fissure's level varies more between people
 POLY_DEGREE = 3
+OBLIQUE_DEGREE = 3  # the oblique fissure's polynomial
 MINOR_DEGREE = 1  # the minor fissure's polynomial: a tilted plane (its bends come from the local field)
 THICK_SLICE_MM = 3.0  # thicker slices blur the horizontal minor fissure into the parenchyma: its prior alone
 OBLIQUE_MAX_MM = 6.0  # the oblique fissures, steep in the sagittal plane, stay visible up to this voxel size
@@ -62,7 +63,7 @@ PRIOR_WEIGHT = 0.05  # pseudo-observations of the prior plane: this share of the
 PRIOR_WEIGHT_MIN = 20.0
 EVIDENCE_FOR_DEGREE = (60.0, 300.0)  # summed plate weight needed for a tilted / curved fit
 SCALES_MM = (12.0, 8.0, 5.0, 3.0)  # biweight scales of the IRLS fit (after the offset mode)
-OBLIQUE_VALLEY = True
+FIT_START_MARGIN = 1.2  # plate evidence a fit from the prior needs over one from the vessel gap to win
 VESSEL_HU = -600.0  # small vessels: brighter than this inside the lung
 VALLEY_MARGIN_MM = 5.0  # away from the pleura and the oblique fissure (their own vessel-free margins)
 VALLEY_BLOB_MM = 3.0  # bright blobs thicker than about twice this are consolidation or large vessels, not counted
@@ -100,7 +101,20 @@ class Surface:
     def height(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         n = int(np.max(np.nonzero(self.coef)[0], initial=-1)) + 1  # terms in use
         degree = next(d for d in range(POLY_DEGREE + 1) if _n_terms(d) >= n)
-        out = _basis(u, v, degree) @ self.coef[: _n_terms(degree)].astype(u.dtype)
+        # Term by term (no (N, terms) basis matrix): this runs on every cell of a lung's box.
+        uc, vc = np.clip(u, -1.5, 1.5), np.clip(v, -1.5, 1.5)
+        up, vp = [None, uc], [None, vc]
+        for _ in range(2, degree + 1):
+            up.append(up[-1] * uc)
+            vp.append(vp[-1] * vc)
+        out = np.full(np.shape(u), self.coef[0], dtype=u.dtype)
+        k = 1
+        for d in range(1, degree + 1):
+            for i in range(d, -1, -1):
+                c = u.dtype.type(self.coef[k])
+                if c:
+                    out += c * (up[i] * vp[d - i] if 0 < i < d else up[i] if i else vp[d])
+                k += 1
         if self.local is not None:
             out = out + self.local(u, v)
         return out
@@ -512,11 +526,11 @@ def builtin_lobes(ct: Volume, lungs: np.ndarray, *, use_image: bool = True) -> n
 
 def _refine(grid: _Grid, side: int, pts: np.ndarray, frame: _LungFrame, oblique: Surface,
             minor: Surface | None, fit_minor: bool) -> tuple[Surface, Surface | None]:
-    """Fit the oblique fissure to the plates near its prior; then set the minor fissure's prior above the fitted
-    oblique fissure and, where the slices resolve it, fit it to the plates above the oblique fissure."""
+    """Place the oblique fissure by the vessel gap and fit it to the plates near it; then the minor fissure above
+    the fitted oblique fissure: prior level, vessel gap and, where the slices resolve it, the plates."""
     lung = grid.lungs == side
-    inner = distance_to(lung, tuple(grid.spacing_zyx)) < -PLEURA_MARGIN_MM
-    inner &= grid.hu < -500.0
+    dist = distance_to(lung, tuple(grid.spacing_zyx))
+    inner = (dist < -PLEURA_MARGIN_MM) & (grid.hu < -500.0)
     box = bounding_box(inner)
     if box is None:
         return oblique, minor
@@ -529,26 +543,41 @@ def _refine(grid: _Grid, side: int, pts: np.ndarray, frame: _LungFrame, oblique:
     plates = _plates(grid, side, cand)
     ppts = grid.points(plates.index)
     support = pts[:: max(1, len(pts) // 400)]
-    vpts, vessel = _small_vessels(grid, lung)
-    if OBLIQUE_VALLEY:
-        oblique = _vessel_valley(oblique, vpts, vessel, BAND_MM)
-    oblique = _fit(oblique, ppts, plates.normal, plates.strength, support, min_cos=0.8)
+    vpts, vessel = _small_vessels(grid, lung, dist)
+    oblique = _fit_from(oblique, _vessel_valley(oblique, vpts, vessel, BAND_MM),
+                        lambda s: _fit(s, ppts, plates.normal, plates.strength, support, min_cos=0.8,
+                                                  max_degree=OBLIQUE_DEGREE))
     if minor is not None:
         above = oblique.side(vpts) > VALLEY_MARGIN_MM
-        minor = _vessel_valley(_minor_prior(pts, frame, oblique), vpts[above], vessel[above], MINOR_BAND_MM)
+        prior = _minor_prior(pts, frame, oblique)
+        gap = _vessel_valley(prior, vpts[above], vessel[above], MINOR_BAND_MM)
         above = oblique.side(ppts) > 3.0
         upper = support[oblique.side(support) > 0]
         if fit_minor and len(upper) >= 10:
-            minor = _fit(minor, ppts[above], plates.normal[above], plates.strength[above], upper, min_cos=0.85,
-                         band=MINOR_BAND_MM, max_degree=MINOR_DEGREE)
+            minor = _fit_from(prior, gap, lambda s: _fit(s, ppts[above], plates.normal[above], plates.strength[above],
+                                                         upper, min_cos=0.85, band=MINOR_BAND_MM,
+                                                         max_degree=MINOR_DEGREE))
+        else:
+            minor = gap
     return oblique, minor
 
 
-def _small_vessels(grid: _Grid, lung: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _fit_from(prior: Surface, gap: Surface, fit) -> Surface:
+    """Fit the plates from the prior and from the vessel gap; the start whose fit gathers clearly more plate
+    evidence wins, the vessel gap otherwise (it holds where plates are faint or misleading)."""
+    if gap is prior:
+        return fit(prior)
+    from_gap = fit(gap)
+    from_prior = fit(Surface(prior.origin, prior.normal, prior.eu, prior.ev, prior.scale, prior.coef.copy()))
+    return from_prior if from_prior.evidence > FIT_START_MARGIN * max(from_gap.evidence, EVIDENCE_FOR_DEGREE[0]) \
+        else from_gap
+
+
+def _small_vessels(grid: _Grid, lung: np.ndarray, dist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Cells of one lung's interior that can show small vessels (LPS mm, float32) and whether each shows one.
     Thin bright tubes count; consolidation and large vessels (bright blobs) and their rims are left out, since
     they hide the small vessels."""
-    inner = lung & (distance_to(lung, tuple(grid.spacing_zyx)) < -VALLEY_MARGIN_MM)
+    inner = lung & (dist < -VALLEY_MARGIN_MM)
     bright = inner & (grid.hu > VESSEL_HU)
     radius = max(1, int(round(VALLEY_BLOB_MM / float(grid.spacing_zyx.min()))))
     ball = ndimage.iterate_structure(ndimage.generate_binary_structure(3, 1), radius)
