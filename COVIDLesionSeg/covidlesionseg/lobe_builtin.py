@@ -23,7 +23,8 @@ Method, per lung, in the patient frame taken from the direction cosines:
 4. Surface fit.  Each fissure is a smooth height field over its prior plane: a polynomial in the plane
    coordinates (cubic for the oblique fissures, a tilted plane for the minor fissure) started at the mode of
    the plates' offsets and fitted by iteratively reweighted least squares with Tukey's biweight at shrinking
-   scales, held to its start by weak pseudo-observations; few plates allow only a shift, then a tilt.  With
+   scales, held to its start by weak pseudo-observations; few plates allow only a shift, then a tilt, and
+   beyond the plates' extent a curved fit continues along its tangent plane.  With
    enough plates a local height field (12 mm nodes, thin-plate bending penalty) adds the bends a polynomial
    cannot follow (waves, the turn of the oblique fissure toward the anterior chest wall).  The fit runs from
    the prior and from the vessel gap; the start with clearly more plate evidence wins, the gap otherwise.
@@ -72,6 +73,7 @@ OBLIQUE_MAX_MM = 6.0  # the oblique fissures, steep in the sagittal plane, stay 
 PRIOR_WEIGHT = 0.05  # pseudo-observations of the prior plane: this share of the evidence weight
 PRIOR_WEIGHT_MIN = 20.0
 EVIDENCE_FOR_DEGREE = (60.0, 300.0)  # summed plate weight needed for a tilted / curved fit
+EXTENT_QUANTILES = (0.01, 0.99)  # the evidence's extent: weighted quantiles of the plates' plane coordinates
 SCALES_MM = (12.0, 8.0, 5.0, 3.0)  # biweight scales of the IRLS fit (after the offset mode)
 FIT_START_MARGIN = 1.2  # plate evidence a fit from the prior needs over one from the vessel gap to win
 VESSEL_HU = -600.0  # small vessels: brighter than this inside the lung
@@ -102,6 +104,7 @@ class Surface:
     coef: np.ndarray = field(default_factory=lambda: np.zeros(_n_terms(POLY_DEGREE)))
     evidence: float = 0.0  # summed weight of the image evidence the fit used
     local: _HeightGrid | None = None  # local bends on top of the polynomial (a smooth field on a node grid)
+    extent: tuple[float, float, float, float] = (-1.5, 1.5, -1.5, 1.5)  # (u, v) range the polynomial holds in
 
     def frame(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         axes = np.stack([self.normal, self.eu / self.scale[0], self.ev / self.scale[1]], 1)
@@ -114,9 +117,12 @@ class Surface:
     def height(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         n = int(np.max(np.nonzero(self.coef)[0], initial=-1)) + 1  # terms in use
         degree = next(d for d in range(POLY_DEGREE + 1) if _n_terms(d) >= n)
-        # Term by term (no (N, terms) basis matrix): this runs on every cell of a lung's box.
-        uc, vc = np.clip(u, -1.5, 1.5), np.clip(v, -1.5, 1.5)
-        up, vp = [None, uc], [None, vc]
+        # Term by term (no (N, terms) basis matrix): this runs on every cell of a lung's box.  Beyond the extent
+        # of the evidence the polynomial continues along its tangent plane (no cubic swing where no plate is).
+        ulo, uhi, vlo, vhi = self.extent
+        uc, vc = np.clip(u, ulo, uhi), np.clip(v, vlo, vhi)
+        du, dv = u - uc, v - vc
+        up, vp = [np.ones_like(uc), uc], [np.ones_like(vc), vc]
         for _ in range(2, degree + 1):
             up.append(up[-1] * uc)
             vp.append(vp[-1] * vc)
@@ -125,8 +131,13 @@ class Surface:
         for d in range(1, degree + 1):
             for i in range(d, -1, -1):
                 c = u.dtype.type(self.coef[k])
+                j = d - i
                 if c:
-                    out += c * (up[i] * vp[d - i] if 0 < i < d else up[i] if i else vp[d])
+                    out += c * (up[i] * vp[j] if 0 < i < d else up[i] if i else vp[j])
+                    if i:
+                        out += (c * i) * up[i - 1] * vp[j] * du
+                    if j:
+                        out += (c * j) * up[i] * vp[j - 1] * dv
                 k += 1
         if self.local is not None:
             out = out + self.local(u, v)
@@ -443,6 +454,10 @@ def _fit(surface: Surface, points: np.ndarray, normals: np.ndarray, strength: np
     surface.coef = surface.coef + np.concatenate([coef, np.zeros(_n_terms(POLY_DEGREE) - n)])
     t = t + start  # offsets from the plane again, for the local field
     surface.evidence = total
+    if degree >= 2:  # curves hold where the plates are; beyond, the tangent plane continues
+        uq = _weighted_quantiles(u, w, EXTENT_QUANTILES)
+        vq = _weighted_quantiles(v, w, EXTENT_QUANTILES)
+        surface.extent = (max(uq[0], -1.5), min(uq[1], 1.5), max(vq[0], -1.5), min(vq[1], 1.5))
     if first >= EVIDENCE_FOR_DEGREE[1]:
         surface.local = _fit_local(surface, t, u, v, weight, su, sv)
     return surface
@@ -479,6 +494,15 @@ def _fit_local(surface: Surface, t: np.ndarray, u: np.ndarray, v: np.ndarray, we
         g = spsolve(a.tocsc(), interp.T @ (w * base))
     grid.values = g.reshape(shape)
     return grid
+
+
+def _weighted_quantiles(x: np.ndarray, w: np.ndarray, q: tuple[float, float]) -> tuple[float, float]:
+    order = np.argsort(x)
+    cum = np.cumsum(w[order])
+    if cum[-1] <= 0:
+        return float(x.min()), float(x.max())
+    lo, hi = np.searchsorted(cum, [q[0] * cum[-1], q[1] * cum[-1]])
+    return float(x[order][min(lo, len(x) - 1)]), float(x[order][min(hi, len(x) - 1)])
 
 
 def _offset_mode(t: np.ndarray, weight: np.ndarray, band: float) -> float:

@@ -157,3 +157,22 @@ def test_demo_runs_the_builtin_provider(tmp_path):
     metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
     assert set(metrics["lobes"]) == {f"{name} Dice" for name in labels.LOBE_NAMES.values()}
     assert min(metrics["lobes"].values()) > 0.3  # coarse 80x80 grid, lungs from the classical engine
+
+
+def test_beyond_the_plates_the_fissure_continues_along_its_tangent_plane():
+    """Plates only in the middle of the lung (an incomplete fissure, noisy): beyond them the fitted surface goes on
+    as its tangent plane, which swings far less from the true plane than the cubic continued freely."""
+    rng = np.random.default_rng(5)
+    xy = rng.uniform(-30.0, 30.0, (5000, 2))
+    plates = np.column_stack([xy, 5.0 + 0.2 * xy[:, 1] + rng.normal(0.0, 1.0, len(xy))]).astype(np.float32)
+    normals = np.tile([0.0, 0.0, 1.0], (len(plates), 1))
+    strength = np.full(len(plates), 40.0, np.float32)
+    grid = np.stack(np.meshgrid(np.linspace(-70, 70, 15), np.linspace(-70, 70, 15), [0.0]), -1).reshape(-1, 3)
+    fitted = _fit(flat_surface(), plates, normals, strength, grid.astype(np.float32), min_cos=0.8)
+    assert max(abs(e) for e in fitted.extent) < 0.7  # the evidence spans |u|, |v| < 0.6 of the 50 mm unit
+    near = plates[np.all(np.abs(xy) < 25.0, axis=1)]
+    assert np.abs(fitted.side(near)).mean() < 1.2  # the fit holds where the plates are
+    far = np.array([[x, y, 5.0 + 0.2 * y] for x in (-70.0, 0.0, 70.0) for y in (-70.0, 0.0, 70.0)], np.float32)
+    tangent = np.abs(fitted.side(far)).max()
+    fitted.extent = (-1.5, 1.5, -1.5, 1.5)
+    assert tangent < 0.6 * np.abs(fitted.side(far)).max()
