@@ -22,6 +22,7 @@ from scipy import ndimage
 
 from covidlesionseg import weights
 from covidlesionseg.engines.base import LesionEngine
+from covidlesionseg.engines.classical import ClassicalEngine
 from covidlesionseg.inference import body_bounding_box, predict_classes, predict_lesions, resolve_device
 from covidlesionseg.io import InputError, Volume
 from covidlesionseg.lungs import segment_lungs
@@ -36,6 +37,10 @@ DENSITY_SHARE = 0.25
 """Share of a joint run's progress spent on the density lung mask."""
 LUNG_SOURCES = ("fused", "network")
 """Where a joint model's lungs come from: the density mask plus the lost lesions, or the network alone."""
+MIN_CONTEXT_MM = 48.0
+"""On a stack thinner than this (S-I) a joint model hands the lesions to the classical engine."""
+MIN_LUNG_CONTACT = 0.1
+"""Share of a lost lesion component's outer shell that must be aerated lung for the component to be lung."""
 MIN_LOST_LUNG_ML = 100.0
 """A lesion component outside the density lungs this large is lung even when it does not touch them."""
 MIN_LUNG_COMPONENT_ML = 5.0
@@ -89,6 +94,10 @@ def keep_near_lungs(lesions: np.ndarray, lungs: np.ndarray, spacing_zyx: Sequenc
     return result
 
 
+def _callbacks(control: RunControl) -> tuple:
+    return control.report, control.cancel
+
+
 def _part(control: RunControl, start: float, end: float, name: str) -> RunControl:
     """A RunControl whose 0..1 progress fills [start, end] of ``control``'s."""
     def progress(fraction: float, message: str) -> None:
@@ -104,18 +113,24 @@ def fuse_lungs(density: np.ndarray, lesions: np.ndarray, ct: Volume) -> np.ndarr
     what a reader would draw on aerated lung, and is kept as it is; the network's own lung outline is
     not used, because it blurs at the pleura on coarse or unusual CT.  Where dense consolidation or
     atelectasis was dropped by the density mask, the network's lesion voxels outside it are added,
-    component by component, when the component touches the density lungs (the disease continues into
-    aerated lung) or holds at least ``MIN_LOST_LUNG_ML`` (a lung consolidated as a whole).
+    component by component, when at least ``MIN_LUNG_CONTACT`` of the component's outer shell is aerated
+    lung (the disease continues into the lung around it) or the component holds at least
+    ``MIN_LOST_LUNG_ML`` (a lung consolidated as a whole).  A blob that merely touches the lung at a point
+    (the diaphragm dome or the heart border in partial volume) is not lung.
     """
     lost = lesions & ~density
     if not lost.any():
         return density.copy()
     labelled, n = ndimage.label(lost, structure=np.ones((3, 3, 3), bool))
-    touching = np.unique(labelled[ndimage.binary_dilation(density, np.ones((3, 3, 3), bool)) & lost])
-    keep = np.zeros(n + 1, bool)
-    keep[touching[touching > 0]] = True
+    shell = ndimage.binary_dilation(lost, np.ones((3, 3, 3), bool)) & ~lost
+    # Each shell voxel to the component it borders (the nearest one when two are close).
+    owner = ndimage.grey_dilation(labelled, footprint=np.ones((3, 3, 3), bool))
+    shell_total = np.bincount(owner[shell], minlength=n + 1)
+    shell_lung = np.bincount(owner[shell & density], minlength=n + 1)
+    contact = shell_lung / np.maximum(shell_total, 1)
     sizes = np.bincount(labelled.ravel(), minlength=n + 1) * ct.voxel_ml
-    keep[1:] |= sizes[1:] >= MIN_LOST_LUNG_ML
+    keep = (contact >= MIN_LUNG_CONTACT) | (sizes >= MIN_LOST_LUNG_ML)
+    keep[0] = False
     return density | keep[labelled]
 
 
@@ -155,6 +170,7 @@ class UNetEngine(LesionEngine):
         self.net.eval()
         outputs = [str(o) for o in (entry.get("outputs") or [])]
         self.provides_lungs = outputs == list(JOINT_OUTPUTS)
+        self.short_stack = False
 
     def _classes(self, ct: Volume, box: tuple[slice, ...] | None, control: RunControl) -> np.ndarray:
         classes = predict_classes(self.net, ct, box, spacing_mm=self.spacing_mm, hu_window=self.hu_window,
@@ -168,6 +184,15 @@ class UNetEngine(LesionEngine):
             return super().segment_with_lungs(ct, progress, cancel)
         control = RunControl(progress, cancel)
         density = segment_lungs(ct, _part(control, 0.0, DENSITY_SHARE, "lungs")) != 0
+        axis, _ = ct.patient_axis("SI")
+        self.short_stack = ct.shape[axis] * ct.spacing_zyx[axis] < MIN_CONTEXT_MM
+        if self.short_stack:
+            # A 3D network needs through-plane context: on a single slice or a short stack (key images,
+            # thick-slab exports) it finds a fraction of the lesions (Dice 0.25 against the classical engine's
+            # 0.90 on one generated CT2 slice, even with the slices mirrored into a 48 mm stack).  The
+            # classical engine marks the lesions there, and severity.json says so.
+            return density, ClassicalEngine().segment(ct, density.astype(np.uint8),
+                                                      *_callbacks(_part(control, DENSITY_SHARE, 1.0, "lesions")))
         classes = self._classes(ct, body_bounding_box(ct), _part(control, DENSITY_SHARE, 1.0, "network"))
         net_lungs = clean_lungs(classes >= JOINT_OUTPUTS.index("lung"), ct)
         lesions = (classes == JOINT_OUTPUTS.index("lesion")) & net_lungs
@@ -177,7 +202,11 @@ class UNetEngine(LesionEngine):
         return lungs, lesions & lungs
 
     def describe(self) -> dict:
-        return {**super().describe(), "architecture": self.entry.get("architecture")}
+        described = {**super().describe(), "architecture": self.entry.get("architecture")}
+        if self.short_stack:
+            described["short_stack"] = (f"stack thinner than {MIN_CONTEXT_MM:g} mm: lesions by the classical engine, "
+                                        "lungs by the density mask")
+        return described
 
     def _segment(self, ct: Volume, lungs: np.ndarray, control: RunControl) -> np.ndarray:
         lung_mask = lungs != 0
