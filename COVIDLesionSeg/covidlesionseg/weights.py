@@ -187,20 +187,25 @@ def load_state_dict(path: str | os.PathLike, sha256: str) -> dict[str, Any]:
     return state
 
 
-def save_weights(state_dict: dict[str, Any], path: str | os.PathLike) -> str:
-    """Write a state dict (tensors moved to the CPU) atomically; return its sha256."""
+def save_torch(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` atomically (temporary file in the same folder, then rename): a killed writer leaves the
+    previous file intact.  ``obj`` must hold only what ``torch.load(weights_only=True)`` reads back."""
     import torch
 
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    plain = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".part", dir=p.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            torch.save(plain, fh)
+            torch.save(obj, fh)
         os.replace(tmp, p)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    return sha256_file(p)
+
+
+def save_weights(state_dict: dict[str, Any], path: str | os.PathLike) -> str:
+    """Write a state dict (tensors moved to the CPU) atomically; return its sha256."""
+    save_torch({k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}, path)
+    return sha256_file(path)

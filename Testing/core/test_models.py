@@ -129,7 +129,8 @@ def test_register_model_refuses_bad_entries(home: Path, tmp_path: Path) -> None:
         models.register_model(tiny_entry("x3", sha256="0" * 64), tmp_path / "w.pt")
     with pytest.raises(InputError, match="not found"):
         models.register_model(tiny_entry("x4"), tmp_path / "missing.pt")
-    assert [m["id"] for m in models.list_models()] == ["classical", "tiny-unet"]
+    shipped = [m["id"] for m in json.loads(models.SHIPPED_REGISTRY.read_text())["models"]]
+    assert [m["id"] for m in models.list_models()] == [*shipped, "tiny-unet"]  # shipped first, then the user's
 
 
 # --- checksums, fetching, loading ----------------------------------------------------------------------

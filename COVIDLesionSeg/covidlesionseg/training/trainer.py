@@ -15,11 +15,9 @@ so the run, depends on when they arrived).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,8 +29,10 @@ import torch
 
 from covidlesionseg.inference import normalize_hu, resolve_device
 from covidlesionseg.io import InputError, write_json
+from covidlesionseg.metrics import dice
 from covidlesionseg.networks import build_network, count_parameters
 from covidlesionseg.training.cases import HU_WINDOW, IGNORE, LESION, LUNG, Case, load_case
+from covidlesionseg.weights import save_torch
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
@@ -133,24 +133,6 @@ def sample_patch(case: Case, size: Sequence[int], rng: np.random.Generator, lesi
     image[tuple(dst)] = case.image[tuple(src)]
     label[tuple(dst)] = case.classes[tuple(src)]
     return image, label
-
-
-def _save_atomic(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two boolean masks; 1 when both are empty."""
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
 
 
 def predict_case(net: torch.nn.Module, image_hu: np.ndarray, roi: Sequence[int], device: torch.device,
@@ -272,7 +254,7 @@ class Trainer:
                      f"{len(self.val_paths)} validation cases, device {self.device.type}")
 
     def _checkpoint(self) -> None:
-        _save_atomic({"model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+        save_torch({"model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
                       "scheduler": self.scheduler.state_dict(), "step": self.step,
                       "best_score": float(self.best["score"]), "best_step": self.best["step"]},
                      self.run_dir / CHECKPOINT)
@@ -352,7 +334,7 @@ class Trainer:
                 self._log({"step": self.step, **result})
                 if score > self.best["score"]:
                     self.best = {"score": score, "step": self.step}
-                    _save_atomic(self.net.state_dict(), self.run_dir / BEST)
+                    save_torch(self.net.state_dict(), self.run_dir / BEST)
                 self.say(f"validation at step {self.step}: lesion Dice {result['mean_lesion_dice']:.4f}, lung Dice "
                          f"{result['mean_lung_dice']:.4f} (best {self.best['score']:.4f} at {self.best['step']})")
                 plot_curve(self.run_dir / LOG, self.run_dir / CURVE)
@@ -362,7 +344,7 @@ class Trainer:
                 self._checkpoint()
                 break
         if not (self.run_dir / BEST).exists():
-            _save_atomic(self.net.state_dict(), self.run_dir / BEST)
+            save_torch(self.net.state_dict(), self.run_dir / BEST)
         return {"step": self.step, "best": self.best, "finished": self.step >= self.config.max_steps}
 
 
