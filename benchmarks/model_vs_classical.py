@@ -68,6 +68,30 @@ def _cases(seeds: list[int], shape: tuple[int, int]):
                 yield (f"{seed}-{severity}-slice", severity, "slice", *_single_slice(ph.ct, lesion, lungs))
 
 
+def summarize(rows: list[dict], engines: list[str]) -> None:
+    """Means per stratum; Dice and NSD over the cases that have lesions (on CT0, Dice is 0 for any false
+    positive voxel and says nothing more: its row gives the false-positive mL)."""
+    print(f"\n{'stratum':<10}{'cases':>6}" + "".join(f"{n:>46}" for n in engines))
+    print(f"{'':<16}" + "".join(f"{'Dice':>8}{'NSD':>7}{'FP mL':>9}{'FN mL':>9}{'lung Dice':>13}" for _ in engines))
+    strata = defaultdict(list)
+    for row in rows:
+        for key in (row["severity"], row["kind"], "all"):
+            strata[key].append(row)
+    for stratum in (*SEVERITIES, *KINDS, "slice", "all"):
+        line = ""
+        for name in engines:
+            sel = [r for r in strata[stratum] if r["engine"] == name]
+            if not sel:
+                continue
+            with_lesions = [r for r in sel if r["truth_lesion_ml"] > 0]
+            scored = [f"{np.mean([r[k] for r in with_lesions]):{w}.3f}" if with_lesions else f"{'-':>{w}}"
+                      for k, w in (("lesion_dice", 8), ("nsd", 7))]
+            line += "".join(scored) + "".join(f"{np.mean([r[k] for r in sel]):{w}.{p}f}" for k, w, p in
+                                             (("fp_ml", 9, 1), ("fn_ml", 9, 1), ("lung_dice", 13, 3)))
+            count = len(sel)
+        print(f"{stratum:<10}{count:>6}" + line)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--engines", default="classical", help="comma-separated engine ids")
@@ -75,7 +99,12 @@ def main() -> int:
     parser.add_argument("--matrix", type=int, nargs=2, default=(256, 256), metavar=("J", "I"),
                         help="in-plane matrix (rows columns) over a 410 mm field of view; 300 mm of chest in z")
     parser.add_argument("--json", type=Path, help="write every case's figures here")
+    parser.add_argument("--summarize", type=Path, help="print the table of a --json file written before; run nothing")
     args = parser.parse_args()
+    if args.summarize:
+        rows = json.loads(args.summarize.read_text())
+        summarize(rows, list(dict.fromkeys(r["engine"] for r in rows)))
+        return 0
     engines = {name: make_engine(name, "cpu") for name in args.engines.split(",")}
     rows = []
     for case, severity, kind, ct, lesion, lungs in _cases(_seeds(args.seeds), tuple(args.matrix)):
@@ -92,24 +121,7 @@ def main() -> int:
             rows.append(row)
             print(f"{case:<18} {name:<14} Dice {row['lesion_dice']:.3f} NSD {row['nsd']:.3f} FP {row['fp_ml']:7.1f} "
                   f"FN {row['fn_ml']:7.1f} mL lung Dice {row['lung_dice']:.3f} {seconds:5.1f} s", file=sys.stderr)
-    print(f"\n{'stratum':<12}" + "".join(f"{n:>44}" for n in engines))
-    print(f"{'':<12}" + "".join(f"{'Dice':>8}{'NSD':>7}{'FP mL':>9}{'FN mL':>9}{'lungDice':>11}" for _ in engines))
-    strata = defaultdict(list)
-    for row in rows:
-        strata[row["severity"]].append(row)
-        strata[row["kind"]].append(row)
-        strata["all"].append(row)
-    for stratum in (*SEVERITIES, *KINDS, "slice", "all"):
-        line = f"{stratum:<12}"
-        for name in engines:
-            sel = [r for r in strata[stratum] if r["engine"] == name]
-            if not sel:
-                continue
-            # CT0 has no lesion: Dice is 1 only when nothing is found; FP mL is the figure there.
-            line += "".join(f"{np.mean([r[k] for r in sel]):{w}.{p}f}" for k, w, p in
-                            (("lesion_dice", 8, 3), ("nsd", 7, 3), ("fp_ml", 9, 1), ("fn_ml", 9, 1),
-                             ("lung_dice", 11, 3)))
-        print(line)
+    summarize(rows, list(engines))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0
