@@ -35,6 +35,7 @@ from typing import Any
 
 from covidlesionseg import SOFTWARE_NAME, __version__
 from covidlesionseg.io import InputError, write_json
+from covidlesionseg.weights import sha256_file
 
 LOCK_FILE = ".export.lock"
 SALT_FILE = ".salt"
@@ -225,14 +226,6 @@ def fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --- versions ----------------------------------------------------------------------------------
