@@ -5,8 +5,10 @@
   QProcess in the widget, subprocess in scripts), ``cancel_run()`` ends the whole group, and the results
   are loaded onto the volume that was segmented, never the one a selector shows when the run ends;
 - ``start_live(scheduler)`` keeps the severity table and chart following the reader's edits;
-- ``export(folder)`` writes the corrected case, with the engine's original lesions beside it, for retraining.
-The nodes of a case are linked through the parameter node, so a saved and reloaded scene restores them.
+- ``export(folder)`` writes the corrected case, with the engine's original lesions beside it, for retraining;
+  ``export_scene(folder)`` does so for every corrected case of the scene.
+The nodes of the current case are linked through the parameter node, and every case's lesion node refers to its
+CT, anatomy, original lesions and table, so a saved and reloaded scene restores them.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ from COVIDLesionSegLib.parameters import Parameters
 
 SEVERITY_ATTRIBUTE = mrml.SEVERITY_ATTRIBUTE
 VOLUME_REFERENCE = "COVIDLesionSeg.volume"
+# Node references from a case's lesion node to the rest of its case (every case of a scene, not only the current).
+CASE_REFERENCES = {"anatomy": "COVIDLesionSeg.anatomy", "original": "COVIDLesionSeg.original",
+                   "table": "COVIDLesionSeg.table"}
+LOADED_STAMP = "COVIDLesionSeg.loadedMTime"
 LOBE_SOURCES = ("builtin", "segmentation", "file", "none")
 
 
@@ -47,6 +53,26 @@ class SegmentationNodes:
     original: Any = None
     chart: Any = None
     severity: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SceneExportCase:
+    """One case of :meth:`COVIDLesionSegLogic.export_scene`: exported (case id, version), skipped or failed (why).
+
+    ``volume`` is the CT node's name, shown to the user in the session only; it is never written to the export.
+    """
+
+    volume: str | None
+    volume_id: str | None
+    case_id: str | None = None
+    version: int | None = None
+    skipped: str | None = None
+    error: str | None = None
+    result: Any = None
+
+    @property
+    def exported(self) -> bool:
+        return self.result is not None
 
 
 @dataclass
@@ -131,9 +157,61 @@ class COVIDLesionSegLogic:
     def has_corrections(self, volume_node) -> bool:
         """True when this CT's lesion node was edited since the run loaded it (the GUI asks before replacing)."""
         nodes = self.nodes_for(volume_node)
-        if nodes is None:
-            return False
-        return nodes.lesions.GetAttribute("COVIDLesionSeg.loadedMTime") != str(self._edit_stamp(nodes.lesions))
+        return nodes is not None and self._edited(nodes.lesions)
+
+    def _edited(self, lesion_node) -> bool:
+        return lesion_node.GetAttribute(LOADED_STAMP) != str(self._edit_stamp(lesion_node))
+
+    def is_corrected(self, volume_node, nodes: SegmentationNodes) -> bool:
+        """True when the case's lesions differ from the engine's original lesions (voxel by voxel, so it holds
+        after a scene is saved and loaded again, and an edit undone is no correction); without the original,
+        when the lesion node was edited since the run loaded it."""
+        if nodes.original is None:
+            return self._edited(nodes.lesions)
+        final = mrml.segment_mask(nodes.lesions, editor.segment_id(nodes.lesions, terminology.LESION), volume_node)
+        original = slicer.util.arrayFromVolume(nodes.original)
+        return original.shape != final.shape or bool(np.any((original > 0) != final))
+
+    def case_nodes(self, lesion_node) -> SegmentationNodes:
+        """Every node of the case a lesion node belongs to, from its references (any case, not only the current).
+
+        Scenes saved before the lesion node carried these references: the anatomy is the read-only segmentation
+        that refers to the same CT, and the engine's original lesions are then unknown (exported without them).
+        """
+        volume_node = lesion_node.GetNodeReference(VOLUME_REFERENCE)
+        current = self.nodes_for(volume_node) if volume_node is not None else None
+        if current is not None and current.lesions is lesion_node:
+            return current
+        anatomy, original, table = (lesion_node.GetNodeReference(ref) for ref in CASE_REFERENCES.values())
+        if anatomy is None and volume_node is not None:
+            anatomy = next((n for n in slicer.mrmlScene.GetNodesByClass("vtkMRMLSegmentationNode")
+                            if n is not lesion_node and n.GetAttribute(LOADED_STAMP) is None
+                            and n.GetNodeReferenceID(VOLUME_REFERENCE) == volume_node.GetID()), None)
+        chart = table.GetNodeReference("COVIDLesionSeg.chart") if table is not None else None
+        severity = json.loads((table.GetAttribute(SEVERITY_ATTRIBUTE) if table is not None else None) or "{}")
+        return SegmentationNodes(lesion_node, anatomy, table, original, chart, severity)
+
+    def scene_cases(self) -> list[tuple[Any, SegmentationNodes | None]]:
+        """(CT node, its case nodes or None when not segmented) for every CT of the scene, in scene order.
+
+        A CT segmented more than once without replacing has several lesion nodes: its case is the parameter
+        node's when that is this CT's, otherwise the newest lesion node.  A lesion node whose CT was removed
+        is listed with a None CT.
+        """
+        lesion_nodes: dict[str | None, list] = {}
+        for node in slicer.mrmlScene.GetNodesByClass("vtkMRMLSegmentationNode"):
+            if node.GetAttribute(LOADED_STAMP) is not None:  # a lesion node (the anatomy carries no stamp)
+                volume = node.GetNodeReference(VOLUME_REFERENCE)
+                lesion_nodes.setdefault(volume.GetID() if volume is not None else None, []).append(node)
+        cases: list[tuple[Any, SegmentationNodes | None]] = []
+        for volume in slicer.mrmlScene.GetNodesByClass("vtkMRMLScalarVolumeNode"):
+            if volume.IsA("vtkMRMLLabelMapVolumeNode") or volume.GetAttribute("COVIDLesionSeg.role"):
+                continue
+            current = self.nodes_for(volume)
+            found = lesion_nodes.get(volume.GetID())
+            cases.append((volume, current or (self.case_nodes(found[-1]) if found else None)))
+        cases += [(None, self.case_nodes(node)) for node in lesion_nodes.get(None, [])]
+        return cases
 
     @staticmethod
     def _edit_stamp(lesion_node) -> int:
@@ -328,7 +406,9 @@ class COVIDLesionSegLogic:
         self._update_table(table, severity)
         chart = mrml.severity_chart(table, existing.chart if existing else None)
         table.SetNodeReferenceID("COVIDLesionSeg.chart", chart.GetID())
-        lesion_node.SetAttribute("COVIDLesionSeg.loadedMTime", str(self._edit_stamp(lesion_node)))
+        lesion_node.SetAttribute(LOADED_STAMP, str(self._edit_stamp(lesion_node)))
+        for role, node in (("anatomy", anatomy), ("original", original), ("table", table)):
+            lesion_node.SetNodeReferenceID(CASE_REFERENCES[role], node.GetID())
         self._place_in_study(volume_node, [lesion_node, anatomy, original, table, chart])
         p = self.parameters
         p.set_node("inputVolume", volume_node)
@@ -401,21 +481,62 @@ class COVIDLesionSegLogic:
 
     # --- export -------------------------------------------------------------------------------------
     def export(self, export_dir: str | os.PathLike, volume_node=None, *, annotator: str | None = None,
-               case_id: str | None = None, patient_key: str | None = None, dicom_seg: bool = False):
+               case_id: str | None = None, patient_key: str | None = None, dicom_seg: bool = False,
+               include_identifiers: bool = False):
         """Write the corrected case (and the engine's original lesions) for retraining; returns ExportResult."""
-        from covidlesionseg.export import export_case
-
         volume_node = volume_node or self.parameters.node_for("inputVolume")
         nodes = self.nodes_for(volume_node)
         if volume_node is None or nodes is None:
             raise ValueError("segment this CT before exporting it")
+        return self._export_nodes(export_dir, volume_node, nodes, annotator=annotator, case_id=case_id,
+                                  patient_key=patient_key, dicom_seg=dicom_seg,
+                                  include_identifiers=include_identifiers)
+
+    def _export_nodes(self, export_dir: str | os.PathLike, volume_node, nodes: SegmentationNodes, **kwargs: Any):
+        """The one export path of a case's nodes (``export`` and ``export_scene``): core ``export_case``."""
+        from covidlesionseg.export import export_case
+
+        if nodes.anatomy is None:
+            raise ValueError(f"'{nodes.lesions.GetName()}': its lungs/lobes node is no longer in the scene")
         ct = self.volume_from_node(volume_node)
         final, lungs, lobes, _source = self.final_labels(volume_node, nodes, ct)
         original = slicer.util.arrayFromVolume(nodes.original).copy() if nodes.original is not None else None
         engine = {"id": nodes.severity.get("engine"), "sha256": nodes.severity.get("model", {}).get("sha256")}
         return export_case(export_dir, ct, original, final.astype(np.uint8), lungs=lungs, lobes=lobes,
-                           case_id=case_id, patient_key=patient_key, annotator=annotator, engine=engine,
-                           dicom_seg=dicom_seg)
+                           engine=engine, **kwargs)
+
+    def export_scene(self, export_dir: str | os.PathLike, *, annotator: str | None = None,
+                     only_corrected: bool = True, include_identifiers: bool = False) -> list[SceneExportCase]:
+        """Export every case of the scene (by default only those the reader corrected) into one export folder.
+
+        Each case goes through :meth:`export` 's path, so each is an atomic new version (a re-export is the
+        next version of the same pseudonymous case id).  A case that fails is reported (``error``) and the
+        others are still exported; CTs without a segmentation, lesion nodes whose CT was removed, and, with
+        ``only_corrected``, cases whose lesions equal the engine's (:meth:`is_corrected`) are reported as
+        ``skipped``.  Returns one entry per CT (and per lesion node whose CT was removed), in scene order.
+        """
+        outcomes: list[SceneExportCase] = []
+        for volume, nodes in self.scene_cases():
+            outcome = SceneExportCase(volume.GetName() if volume is not None else None,
+                                      volume.GetID() if volume is not None else None)
+            outcomes.append(outcome)
+            if volume is None:
+                outcome.skipped = f"'{nodes.lesions.GetName()}': its CT is no longer in the scene"
+                continue
+            if nodes is None:
+                outcome.skipped = "not segmented (no lesion node)"
+                continue
+            try:
+                if only_corrected and not self.is_corrected(volume, nodes):
+                    outcome.skipped = "no corrections"
+                    continue
+                result = self._export_nodes(export_dir, volume, nodes, annotator=annotator,
+                                            include_identifiers=include_identifiers)
+            except Exception as exc:  # one case's failure never stops the others; it is reported
+                outcome.error = f"{type(exc).__name__}: {exc}"
+                continue
+            outcome.result, outcome.case_id, outcome.version = result, result.case_id, result.version
+        return outcomes
 
 
 def _ijk_to_ras(volume_node):
