@@ -103,6 +103,7 @@ class COVIDLesionSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentButton.connect("clicked(bool)", self.on_segment)
         self.ui.cancelButton.connect("clicked(bool)", self.on_cancel)
         self.ui.exportButton.connect("clicked(bool)", self.on_export)
+        self.ui.exportSceneButton.connect("clicked(bool)", self.on_export_scene)
         self.ui.showChartButton.connect("clicked(bool)", self.on_show_chart)
         self.ui.editLesionsRadioButton.connect("toggled(bool)", self.on_edit_target)
         self.ui.editLungMaskRadioButton.connect("toggled(bool)", self.on_edit_target)
@@ -300,6 +301,14 @@ class COVIDLesionSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             result = self.logic.export(self.ui.exportDirectoryButton.directory,
                                        annotator=self.ui.annotatorLineEdit.text or None)
             self.ui.exportStatusLabel.text = f"exported {result.case_id} version {result.version}"
+
+    def on_export_scene(self):
+        with slicer.util.tryWithErrorDisplay("Export failed.", waitCursor=True):
+            cases = self.logic.export_scene(self.ui.exportDirectoryButton.directory,
+                                            annotator=self.ui.annotatorLineEdit.text or None)
+            lines = [f"{c.volume or '(no CT)'}: " + (f"{c.case_id} version {c.version}" if c.exported else
+                     f"FAILED {c.error}" if c.error else f"skipped, {c.skipped}") for c in cases]
+            self.ui.exportStatusLabel.text = "\n".join(lines) or "no CT in the scene"
 
 
 class COVIDLesionSegTest(ScriptedLoadableModuleTest):

@@ -311,6 +311,7 @@ def test_every_ui_widget_the_module_uses_exists_with_the_right_class():
         "segmentEditorWidget": "qMRMLSegmentEditorWidget", "scoreSummaryLabel": "QLabel",
         "tableView": "qMRMLTableView", "showChartButton": "QPushButton", "exportDirectoryButton": "ctkDirectoryButton",
         "annotatorLineEdit": "QLineEdit", "exportButton": "QPushButton", "exportStatusLabel": "QLabel",
+        "exportSceneButton": "QPushButton",
     }
     used = set(re.findall(r"self\.ui\.([A-Za-z]+)", (MODULE / "COVIDLesionSeg.py").read_text()))
     assert used == set(expected), f"update the expected classes: {used ^ set(expected)}"
