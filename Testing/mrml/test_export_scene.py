@@ -153,3 +153,22 @@ def test_corrections_are_found_after_the_scene_is_saved_and_loaded_again(scene, 
     assert "original" in outcomes["CT A"].result.paths  # A's references to its nodes survived the reload
     assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(label))) == 2, corrected)
     assert store.check_export(tmp_path / "export") == []
+
+
+def test_a_scene_saved_before_the_case_references_still_exports_its_cases(scene_cases, tmp_path):
+    import SimpleITK as sitk
+
+    from COVIDLesionSegLib.logic import CASE_REFERENCES
+
+    logic, [(ph_a, vol_a, nodes_a), _b] = scene_cases
+    corrected = correct(ph_a, vol_a, nodes_a)
+    for reference in CASE_REFERENCES.values():  # what an older scene's lesion node holds: only its CT
+        nodes_a.lesions.RemoveNodeReferenceIDs(reference)
+    found = logic.case_nodes(nodes_a.lesions)
+    assert found.anatomy is nodes_a.anatomy and found.original is None and found.table is None
+
+    outcomes = by_volume(logic.export_scene(tmp_path / "export"))
+    assert outcomes["CT B"].skipped == "no corrections"  # B is the parameter node's case, found through it
+    paths = outcomes["CT A"].result.paths
+    assert outcomes["CT A"].version == 1 and "original" not in paths  # the engine's lesions are then unknown
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(paths["label"]))) == 2, corrected)
