@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 AIR_HU = -1024.0
+BODY_HU = -500.0
+"""The body (and the table beneath it) is denser than this; networks see its box, in training and inference."""
 SPACING_TOL_MM = 1e-3
 # Progress shares of the stages: preparing the crop, running the windows, putting the result back.
 _PREPARE, _WINDOWS = 0.1, 0.8
@@ -151,11 +153,13 @@ def resampled_grid(crop: Volume, spacing_mm: Sequence[float]) -> tuple[tuple[int
     return tuple(int(n) for n in n_new), tuple(float(o) for o in origin)
 
 
-def _resample(image: sitk.Image, size: Sequence[int], spacing: Sequence[float], origin: Sequence[float],
-              direction: np.ndarray, interpolator: int, default: float) -> sitk.Image:
+def resample_image(image: sitk.Image, size: Sequence[int], spacing: Sequence[float], origin: Sequence[float],
+                   direction: np.ndarray, interpolator: int, default: float,
+                   pixel: int = sitk.sitkFloat32) -> sitk.Image:
+    """``image`` resampled onto the grid (size, spacing, origin, direction), outside filled with ``default``."""
     return sitk.Resample(image, [int(s) for s in size], sitk.Transform(), interpolator, [float(o) for o in origin],
-                         [float(s) for s in spacing], tuple(float(d) for d in direction.ravel()), float(default),
-                         sitk.sitkFloat32)
+                         [float(s) for s in spacing], tuple(float(d) for d in np.asarray(direction).ravel()),
+                         float(default), pixel)
 
 
 def normalize_hu(hu: np.ndarray, hu_window: Sequence[float]) -> np.ndarray:
@@ -218,7 +222,7 @@ class _MonotonicControl(RunControl):
         super().report(self._best, message)
 
 
-def body_bounding_box(ct: Volume, margin_mm: float = 5.0, body_hu: float = -500.0) -> tuple[slice, ...] | None:
+def body_bounding_box(ct: Volume, margin_mm: float = 5.0, body_hu: float = BODY_HU) -> tuple[slice, ...] | None:
     """Box of the voxels denser than ``body_hu`` (the body, and the table beneath it) grown by ``margin_mm``."""
     return bounding_box(ct.array > body_hu, [math.ceil(margin_mm / s) for s in ct.spacing_zyx])
 
@@ -264,7 +268,7 @@ def predict_classes(
         hu = crop.array
     else:
         size, origin = resampled_grid(crop, spacing_mm)
-        image = _resample(crop.to_sitk(crop.array.astype(np.float32, copy=False)), size, spacing_mm, origin,
+        image = resample_image(crop.to_sitk(crop.array.astype(np.float32, copy=False)), size, spacing_mm, origin,
                           crop.direction, sitk.sitkLinear, AIR_HU)
         hu = sitk.GetArrayViewFromImage(image)
     tensor = torch.from_numpy(normalize_hu(hu, hu_window))[None, None]
@@ -293,7 +297,7 @@ def predict_classes(
             channel.SetSpacing([float(s) for s in spacing_mm])
             channel.SetOrigin(origin)
             channel.SetDirection(tuple(float(d) for d in crop.direction.ravel()))
-            back = sitk.GetArrayFromImage(_resample(channel, crop.shape[::-1], crop.spacing, crop.origin,
+            back = sitk.GetArrayFromImage(resample_image(channel, crop.shape[::-1], crop.spacing, crop.origin,
                                                     crop.direction, sitk.sitkLinear, 1.0 if c == 0 else 0.0))
             if best is None:
                 best, labels_crop = back, np.zeros(back.shape, np.uint8)

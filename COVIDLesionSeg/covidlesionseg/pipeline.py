@@ -50,20 +50,10 @@ def severity_document(
     return doc
 
 
-class _StageControl:
-    """Maps each stage's own 0..1 progress onto a slice of the overall 0..1."""
-
-    def __init__(self, control: RunControl):
-        self.control = control
-
-    def stage(self, start: float, end: float, name: str) -> RunControl:
-        outer = self.control
-
-        def progress(fraction: float, message: str) -> None:
-            outer.report(start + (end - start) * fraction, f"{name}: {message}" if message else name)
-
-        outer.report(start, name)
-        return RunControl(progress, outer.cancel)
+def _stage(control: RunControl, start: float, end: float, name: str) -> RunControl:
+    """Announce a stage and give it its slice [start, end] of the overall progress."""
+    control.report(start, name)
+    return control.part(start, end, name)
 
 
 def finish_labels(
@@ -110,34 +100,31 @@ def run_segmentation(
     """Segment lungs (unless given) and lesions, resolve lobes and compute every score."""
     import time
 
-    stages = _StageControl(RunControl(progress, cancel))
+    control = RunControl(progress, cancel)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     if lungs is None and engine.provides_lungs:  # one pass: lungs and lesions from the same network
-        lung_mask, lesion_mask = engine.segment_with_lungs(ct, *_callbacks(stages.stage(0.0, 0.9, "lungs and lesions")))
+        joint = _stage(control, 0.0, 0.9, "lungs and lesions")
+        lung_mask, lesion_mask = engine.segment_with_lungs(ct, *joint.callbacks())
         lungs = split_right_left(lung_mask, ct)
         timings["lungs_s"] = 0.0
         timings["lesions_s"] = time.perf_counter() - t0
     else:
         if lungs is None:
-            lungs = segment_lungs(ct, stages.stage(0.0, 0.2, "lungs"))
+            lungs = segment_lungs(ct, _stage(control, 0.0, 0.2, "lungs"))
         timings["lungs_s"] = time.perf_counter() - t0
         t1 = time.perf_counter()
-        lesion_mask = engine.segment(ct, lungs, *_callbacks(stages.stage(0.2, 0.9, "lesions")))
+        lesion_mask = engine.segment(ct, lungs, *_stage(control, 0.2, 0.9, "lesions").callbacks())
         timings["lesions_s"] = time.perf_counter() - t1
     t2 = time.perf_counter()
-    stages.stage(0.9, 1.0, "lobes and scores").check()
+    _stage(control, 0.9, 1.0, "lobes and scores").check()
     lesion_labels, lungs, lobe_map, core = finish_labels(
         ct, lesion_mask, lungs, lobes, lobe_source=lobe_source, lobe_convention=lobe_convention, config=config
     )
     timings["scores_s"] = time.perf_counter() - t2
-    stages.control.report(1.0, "done")
+    control.report(1.0, "done")
     doc = severity_document(core, engine.describe())
     return SegmentationResult(ct, lesion_labels, lungs, lobe_map, doc, timings)
-
-
-def _callbacks(control: RunControl) -> tuple[ProgressCallback | None, CancelCheck | None]:
-    return control.report, control.cancel
 
 
 def write_result(result: SegmentationResult, outdir: str | os.PathLike) -> Path:

@@ -40,6 +40,18 @@ class RunControl:
         if self.cancel is not None and self.cancel():
             raise Cancelled("cancelled by the user")
 
+    def part(self, start: float, end: float, name: str) -> RunControl:
+        """A control for one stage: its 0..1 progress fills [start, end] of this one's, messages prefixed with
+        ``name``; the same cancel check."""
+        def progress(fraction: float, message: str) -> None:
+            self.report(start + (end - start) * fraction, f"{name}: {message}" if message else name)
+
+        return RunControl(progress, self.cancel)
+
+    def callbacks(self) -> tuple[ProgressCallback | None, CancelCheck | None]:
+        """(progress, cancel) for APIs that take the two callbacks."""
+        return self.report, self.cancel
+
 
 PROGRESS_ENV = "COVIDLESIONSEG_PROGRESS"
 """``COVIDLESIONSEG_PROGRESS=lines`` turns on ``PROGRESS`` lines as ``--progress-lines`` does."""

@@ -35,8 +35,6 @@ JOINT_OUTPUTS = ("background", "lung", "lesion")
 """Class order of a lung-and-lesion model."""
 DENSITY_SHARE = 0.25
 """Share of a joint run's progress spent on the density lung mask."""
-LUNG_SOURCES = ("fused", "network")
-"""Where a joint model's lungs come from: the density mask plus the lost lesions, or the network alone."""
 MIN_CONTEXT_MM = 48.0
 """On a stack thinner than this (S-I) a joint model hands the lesions to the classical engine."""
 MIN_LUNG_CONTACT = 0.1
@@ -94,18 +92,6 @@ def keep_near_lungs(lesions: np.ndarray, lungs: np.ndarray, spacing_zyx: Sequenc
     return result
 
 
-def _callbacks(control: RunControl) -> tuple:
-    return control.report, control.cancel
-
-
-def _part(control: RunControl, start: float, end: float, name: str) -> RunControl:
-    """A RunControl whose 0..1 progress fills [start, end] of ``control``'s."""
-    def progress(fraction: float, message: str) -> None:
-        control.report(start + (end - start) * fraction, f"{name}: {message}" if message else name)
-
-    return RunControl(progress, control.cancel)
-
-
 def fuse_lungs(density: np.ndarray, lesions: np.ndarray, ct: Volume) -> np.ndarray:
     """The density lung mask plus the network's lesions that it lost (``fused`` lung source).
 
@@ -138,8 +124,7 @@ class UNetEngine(LesionEngine):
     """A registered network as a lesion engine; weights are verified and loaded when it is built."""
 
     def __init__(self, entry: dict[str, Any], device: str = "auto", *,
-                 lung_margin_mm: float = LUNG_MARGIN_MM, progress: ProgressCallback | None = None,
-                 lung_source: str = "fused") -> None:
+                 lung_margin_mm: float = LUNG_MARGIN_MM, progress: ProgressCallback | None = None) -> None:
         self.entry = dict(entry)
         self.name = str(entry["id"])
         self.version = str(entry.get("version") or "1")
@@ -154,9 +139,6 @@ class UNetEngine(LesionEngine):
         self.hu_window = tuple(float(h) for h in entry["hu_window"])
         self.roi_size = tuple(int(r) for r in entry["roi_size"])
         self.lung_margin_mm = float(lung_margin_mm)
-        if lung_source not in LUNG_SOURCES:
-            raise ValueError(f"lung_source must be one of {LUNG_SOURCES}, got {lung_source!r}")
-        self.lung_source = lung_source
         self._torch_device = resolve_device(device)
         self.device = self._torch_device.type
         path = weights.fetch_weights(entry, progress=progress)
@@ -183,7 +165,7 @@ class UNetEngine(LesionEngine):
         if not self.provides_lungs:
             return super().segment_with_lungs(ct, progress, cancel)
         control = RunControl(progress, cancel)
-        density = segment_lungs(ct, _part(control, 0.0, DENSITY_SHARE, "lungs")) != 0
+        density = segment_lungs(ct, control.part(0.0, DENSITY_SHARE, "lungs")) != 0
         axis, _ = ct.patient_axis("SI")
         self.short_stack = ct.shape[axis] * ct.spacing_zyx[axis] < MIN_CONTEXT_MM
         if self.short_stack:
@@ -192,12 +174,10 @@ class UNetEngine(LesionEngine):
             # 0.90 on one generated CT2 slice, even with the slices mirrored into a 48 mm stack).  The
             # classical engine marks the lesions there, and severity.json says so.
             return density, ClassicalEngine().segment(ct, density.astype(np.uint8),
-                                                      *_callbacks(_part(control, DENSITY_SHARE, 1.0, "lesions")))
-        classes = self._classes(ct, body_bounding_box(ct), _part(control, DENSITY_SHARE, 1.0, "network"))
+                                                      *control.part(DENSITY_SHARE, 1.0, "lesions").callbacks())
+        classes = self._classes(ct, body_bounding_box(ct), control.part(DENSITY_SHARE, 1.0, "network"))
         net_lungs = clean_lungs(classes >= JOINT_OUTPUTS.index("lung"), ct)
         lesions = (classes == JOINT_OUTPUTS.index("lesion")) & net_lungs
-        if self.lung_source == "network":
-            return net_lungs, lesions
         lungs = fuse_lungs(density, lesions, ct)
         return lungs, lesions & lungs
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from covidlesionseg.inference import AIR_HU, resampled_grid
+from covidlesionseg.inference import AIR_HU, BODY_HU, resample_image, resampled_grid
 from covidlesionseg.io import InputError, Volume, read_ct, read_label
 from covidlesionseg.masks import bounding_box
 from covidlesionseg.training.synthesis import paint_lesions, scanner_effects
@@ -30,7 +30,6 @@ BACKGROUND, LUNG, LESION, IGNORE = 0, 1, 2, 255
 CLASS_NAMES = ("background", "lung", "lesion")
 TRAIN_SPACING = (1.5, 1.5, 2.0)  # mm, index order (i, j, k)
 HU_WINDOW = (-1024.0, 600.0)
-BODY_HU = -500.0  # cases are cropped to the box of voxels above this (the body), plus a margin
 BODY_MARGIN_VOXELS = 6
 SEVERITIES = ("CT0", "CT1", "CT2", "CT3", "CT4")
 SEVERITY_WEIGHTS = (0.12, 0.28, 0.28, 0.2, 0.12)
@@ -63,12 +62,10 @@ def to_training_grid(ct: Volume, classes: np.ndarray,
     """Resample a CT (linear) and its class map (nearest) to ``spacing`` over the same extent, cropped to the
     body's box (the air around a patient teaches nothing)."""
     size, origin = resampled_grid(ct, spacing)
-    direction = tuple(float(d) for d in ct.direction.ravel())
 
     def resample(image: sitk.Image, interpolator: int, default: float, pixel: int) -> np.ndarray:
-        out = sitk.Resample(image, [int(s) for s in size], sitk.Transform(), interpolator, origin,
-                            [float(s) for s in spacing], direction, default, pixel)
-        return sitk.GetArrayFromImage(out)
+        return sitk.GetArrayFromImage(resample_image(image, size, spacing, origin, ct.direction, interpolator,
+                                                     default, pixel))
 
     hu = resample(ct.to_sitk(ct.array.astype(np.float32, copy=False)), sitk.sitkLinear, AIR_HU, sitk.sitkFloat32)
     cls = resample(ct.to_sitk(np.asarray(classes, np.uint8)), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
